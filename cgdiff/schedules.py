@@ -12,10 +12,11 @@ outside [t_min, t_max] raise a ValueError (see `cgdiff._checks`).
 
 Default time ranges. The cosine beta(t) = pi/(1+c) tan(pi/2 (t+c)/(1+c)) is infinite at t = 1, so its
 default t_max is 0.995 (alpha = 7.8e-3: the prior N(0, I) matches the marginal to 6e-5 in variance).
-A grid uniform in t that starts there has beta * dt = 8 at 50 steps and the SDE samplers explode;
-the samplers therefore step on a grid uniform in log-SNR (`time_grid`), on which the explicit step's
-beta(t_k) |dt_k| stays below 4, the stability limit of z <- z (1 - beta |dt| / 2), from 10 steps up
-for all three default schedules (tested).
+A grid uniform in t that starts there has first steps with beta |dt| = 8 (50 steps) to 40 (10 steps),
+where the explicit step z <- z (1 - beta |dt| / 2) + ... amplifies instead of contracting (stable only
+for beta |dt| < 4), and the later steps must undo the damage. The samplers therefore step on a grid
+uniform in log-SNR (`time_grid`), on which beta(t_k) |dt_k| stays below 4 from 10 steps up for all
+three default schedules (tested).
 """
 
 from __future__ import annotations

@@ -1,33 +1,36 @@
-"""Sliced Wasserstein-2 distance between two sample sets (MATH.md section 7)."""
+"""Sliced Wasserstein-2 distance between two sample sets (MATH.md section 7).
+
+An evaluation metric computed once per evaluation on the host, in float64 numpy (numpy's sort is
+about 15x faster than XLA's on CPU for the 10^4 x 10^2 projections of a typical evaluation).
+"""
 
 from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
-
-Array = jax.Array
+import numpy as np
 
 
-def projection_bank(key: Array, dim: int, num_projections: int) -> Array:
-  """`num_projections` random unit directions in R^dim, [L, dim]: a fixed bank for a fixed key."""
-  directions = jax.random.normal(key, (num_projections, dim))
-  return directions / jnp.linalg.norm(directions, axis=-1, keepdims=True)
+def projection_bank(dim: int, num_projections: int, seed: int = 0) -> np.ndarray:
+  """`num_projections` random unit directions in R^dim, [L, dim]: the same bank for the same seed."""
+  directions = np.random.default_rng(seed).standard_normal((num_projections, dim))
+  return directions / np.linalg.norm(directions, axis=-1, keepdims=True)
 
 
-def sliced_wasserstein2(x: Array, y: Array, directions: Array) -> Array:
+def sliced_wasserstein2(x, y, directions: np.ndarray) -> float:
   """Squared SW2: the mean over directions w of mean_n (sort(x w)_n - sort(y w)_n)^2.
 
-  x, y: [N, ...] with the same N and the same trailing shape (flattened to D); directions: [L, D].
-  Returns a scalar; its square root is the SW2 distance.
+  x, y: [N, ...] with the same N and trailing shape (flattened to D); directions: [L, D].
+  Returns the squared distance; its square root is SW2.
   """
-  if jnp.shape(x) != jnp.shape(y):
-    raise ValueError(f"x and y must have the same shape (N, ...), got {jnp.shape(x)} and {jnp.shape(y)}.")
-  n = jnp.shape(x)[0]
-  dim = math.prod(jnp.shape(x)[1:])
-  if jnp.shape(directions)[-1] != dim:
-    raise ValueError(f"directions must have shape (L, {dim}), got {jnp.shape(directions)}.")
-  px = jnp.sort(jnp.reshape(x, (n, dim)) @ directions.T, axis=0)  # [N, L]
-  py = jnp.sort(jnp.reshape(y, (n, dim)) @ directions.T, axis=0)
-  return jnp.mean((px - py) ** 2)
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if x.shape != y.shape:
+    raise ValueError(f"x and y must have the same shape (N, ...), got {x.shape} and {y.shape}.")
+  if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+    raise ValueError("x and y must be finite; got NaN or inf.")
+  n, dim = x.shape[0], math.prod(x.shape[1:])
+  if directions.shape[-1] != dim:
+    raise ValueError(f"directions must have shape (L, {dim}), got {directions.shape}.")
+  px = np.sort(x.reshape(n, dim) @ directions.T, axis=0)  # [N, L]
+  py = np.sort(y.reshape(n, dim) @ directions.T, axis=0)
+  return float(np.mean((px - py) ** 2))
