@@ -250,3 +250,13 @@ def cosine_table(num_steps: int = 1000, c: float = 0.008, max_beta: float = 0.99
   abar = f / f[0]
   betas = np.clip(1.0 - abar[1:] / abar[:-1], 1e-8, max_beta)
   return DiscreteTable(betas=betas, alphas_cumprod=np.cumprod(1.0 - betas))
+
+
+SCHEDULES = {"ou": ou, "cosine": cosine, "linear": linear}
+
+
+def make(name: str, **kwargs) -> Schedule:
+  """The schedule called `name` ("ou", "cosine", "linear") with constructor keyword arguments (for configs)."""
+  if name not in SCHEDULES:
+    raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}.")
+  return SCHEDULES[name](**kwargs)

@@ -166,8 +166,10 @@ def _field_terms(z_t, means, logvars, log_weights, alpha, sigma):
   _checks.check_finite("log_weights", log_weights)
   per_example = (batch,) + (1,) * (z_t.ndim - 1)
   _check_coefficients(per_example, alpha, sigma)
-  a = jnp.broadcast_to(alpha, per_example).reshape(batch, 1, 1)
-  s = jnp.broadcast_to(sigma, per_example).reshape(batch, 1, 1)
+  # A scalar coefficient stays [1, 1, 1], so the variances and log-determinants are computed once per
+  # component rather than once per (example, component): most of the cost when all times are equal.
+  a, s = (jnp.reshape(c, (1, 1, 1)) if jnp.size(c) == 1 else jnp.broadcast_to(c, per_example).reshape(batch, 1, 1)
+          for c in (alpha, sigma))
   k = means.shape[0]
   mu, lv = means.reshape(1, k, dim), logvars.reshape(1, k, dim)
   resid, var = z_t.reshape(batch, 1, dim) - a * mu, diffused_variance(lv, a, s)

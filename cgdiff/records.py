@@ -1,0 +1,59 @@
+"""JSON records of runs: what was run, from which commit and configuration, and what it measured."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from typing import Any
+
+import jax
+
+
+def git_commit(path: str | None = None) -> str:
+  """The commit of the repository holding `path` (default: this package), with '-dirty' for local
+  changes, or 'unknown' outside a git checkout."""
+  cwd = path or os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return commit + ("-dirty" if dirty else "")
+
+
+def config_hash(config: Any) -> str:
+  """A short hash of a configuration (an ml_collections ConfigDict or a JSON-able dict)."""
+  as_dict = config.to_dict() if hasattr(config, "to_dict") else config
+  text = json.dumps(as_dict, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_record(config: Any, **fields: Any) -> dict[str, Any]:
+  """Date, commit, config and its hash, machine and versions, then `fields`."""
+  as_dict = config.to_dict() if hasattr(config, "to_dict") else config
+  return {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "git_commit": git_commit(),
+      "config_hash": config_hash(as_dict),
+      "config": as_dict,
+      "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                  "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]},
+      **fields,
+  }
+
+
+def write_json(path: str, record: dict[str, Any]) -> str:
+  """Writes `record` as indented JSON (atomically: a half-written record never replaces a good one)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=2, sort_keys=False, default=float)
+    f.write("\n")
+  os.replace(tmp, path)
+  return path
