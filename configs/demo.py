@@ -19,11 +19,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.exact_field.field = ml_collections.ConfigDict(
       {"depth": 6, "components_per_branch": 8, "seed": 0, "data_std": 0.5})
   config.exact_field.variance = ml_collections.ConfigDict(
-      {"num_times": 24, "num_points": 32, "num_draws": 1024})
+      {"num_times": 24, "num_points": 16, "num_draws": 512})
   config.exact_field.sampling = ml_collections.ConfigDict({
       "methods": ("euler_maruyama", "heun_pc", "heun_pc_seed", "euler_ode", "heun_ode", "rk4"),
       "steps": (10, 20, 50),
-      "num_samples": 4096,
+      "num_samples": 2048,
       "num_projections": 128,
+      "num_null_sets": 8,
   })
   return config

@@ -1,0 +1,283 @@
+"""Shared building blocks of the cgdiff networks (Flax linen, NHWC): architecture and parameters only.
+
+    GroupNorm        one-pass group normalisation, numerically flax.linen.GroupNorm (epsilon 1e-6)
+    ConvBlock        conv3x3 -> GroupNorm -> SiLU                               (001 section 3.1)
+    ResBlock         GN-SiLU-conv3x3 (+ time projection) GN-SiLU-dropout-conv3x3 + skip (001 section 3.2)
+    AttentionBlock   GN -> multi-head self-attention over H*W -> projection, residual  (001 section 3.2)
+    Downsample       conv3x3 with stride 2
+    Upsample         nearest-neighbour x2 -> conv3x3
+    TimeEmbedding    sinusoidal_embedding -> Dense -> SiLU -> Dense               (001 section 3.2)
+    sinusoidal_embedding(t, dim, scale)   continuous-time features (B,) -> (B, dim)
+
+Group count rule (`group_count`): the largest divisor of the channel count that is <= 32. That is 001's
+`GroupNorm(num_groups=min(32, channels))` whenever min(32, channels) divides the channels (every power of
+two, and every count <= 32) and a valid group count otherwise (48 channels -> 24 groups, 3 -> 3).
+
+3x3 convolutions pad by one pixel on each side (PyTorch `padding=1`, as in 001), so a stride-2 conv maps
+an even size H to H / 2 with symmetric padding (Flax's "SAME" would pad asymmetrically).
+"""
+
+from __future__ import annotations
+
+import math
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+MAX_GROUPS = 32
+GROUP_NORM_EPSILON = 1e-6
+PAD1 = ((1, 1), (1, 1))  # one pixel each side: PyTorch padding=1 for a 3x3 kernel
+
+
+def group_count(channels: int, max_groups: int = MAX_GROUPS) -> int:
+  """The largest divisor of `channels` that is <= `max_groups` (001's min(32, channels) when it divides).
+
+  Args:
+    channels: number of channels C >= 1.
+    max_groups: upper bound on the group count (32, from the GroupNorm paper and 001).
+
+  Returns:
+    G with C % G == 0 and 1 <= G <= min(max_groups, C).
+  """
+  if channels < 1 or max_groups < 1:
+    raise ValueError(f"channels and max_groups must be >= 1, got {channels} and {max_groups}.")
+  for groups in range(min(max_groups, channels), 0, -1):
+    if channels % groups == 0:
+      return groups
+  return 1  # unreachable: 1 divides every count
+
+
+class GroupNorm(nn.Module):
+  """Group normalisation over (spatial..., channels-in-group), one pass, float32 statistics.
+
+  Numerically the same map as `flax.linen.GroupNorm(num_groups=G, epsilon=1e-6)` (same parameter
+  names `scale`, `bias` of shape (C,), the same E[x^2] - E[x]^2 variance clipped at 0) but written for
+  XLA:CPU: the input is viewed as (B, N, G, C/G), N = product of the spatial sizes, and the mean and
+  the mean of squares are reduced together over axes (1, 3); normalisation and the affine map are then
+  folded into one per-(example, channel) multiply-add, x * m + (bias - mean * m),
+  m = scale / sqrt(var + eps). This is the one place to tune the op.
+
+  Attributes:
+    num_groups: group count G; None uses `group_count(C)` (largest divisor of C that is <= 32).
+    epsilon: added to the variance (1e-6, flax's default).
+  """
+
+  num_groups: int | None = None
+  epsilon: float = GROUP_NORM_EPSILON
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: (B, ..., C), rank >= 2 -> same shape and dtype (promoted with the float32 parameters)."""
+    if x.ndim < 2:
+      raise ValueError(f"GroupNorm expects (B, ..., C) with rank >= 2, got shape {x.shape}.")
+    channels = x.shape[-1]
+    groups = group_count(channels) if self.num_groups is None else self.num_groups
+    if groups < 1 or channels % groups:
+      raise ValueError(f"GroupNorm: {groups} groups do not divide {channels} channels.")
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+
+    stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    batch = x.shape[0]
+    xg = x.reshape(batch, -1, groups, channels // groups).astype(stats_dtype)  # (B, N, G, C/G)
+    mean = jnp.mean(xg, axis=(1, 3), keepdims=True)                            # (B, 1, G, 1)
+    mean_sq = jnp.mean(jnp.square(xg), axis=(1, 3), keepdims=True)             # (B, 1, G, 1)
+    var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
+    inv = jax.lax.rsqrt(var + self.epsilon)                                     # (B, 1, G, 1)
+    mul = inv * scale.reshape(1, 1, groups, -1)                                 # (B, 1, G, C/G)
+    add = bias.reshape(1, 1, groups, -1) - mean * mul                           # (B, 1, G, C/G)
+    y = xg * mul + add
+    out_dtype = jnp.result_type(x.dtype, scale.dtype)
+    return y.reshape(x.shape).astype(out_dtype)
+
+
+def conv3x3(features: int, stride: int = 1, name: str | None = None,
+            kernel_init=nn.initializers.lecun_normal()) -> nn.Conv:
+  """3x3 convolution with one pixel of symmetric zero padding (PyTorch padding=1)."""
+  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=PAD1, kernel_init=kernel_init,
+                 name=name)
+
+
+def upsample_nearest(x: Array, factor: int = 2) -> Array:
+  """Nearest-neighbour upsampling: (B, H, W, C) -> (B, factor H, factor W, C)."""
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, factor, w, factor, c))
+  return x.reshape(b, h * factor, w * factor, c)
+
+
+def sinusoidal_embedding(t: Array, dim: int, scale: float = 1.0, max_period: float = 10_000.0) -> Array:
+  """Transformer / DDPM sinusoidal features of a continuous time.
+
+  emb = [sin(scale t w_k), cos(scale t w_k)], w_k = max_period^(-k / half), k = 0..half-1, half = dim // 2;
+  an odd `dim` gets one trailing zero column. With scale = 1000 and t in [0, 1] the arguments are those
+  of DDPM's integer steps.
+
+  Args:
+    t: (B,) float times (a scalar is broadcast to (1,)).
+    dim: embedding width >= 2.
+    scale: multiplies t before the frequencies (e.g. 1000.0).
+    max_period: the slowest period, 10000 as in DDPM.
+
+  Returns:
+    (B, dim) float32 embedding.
+  """
+  if dim < 2:
+    raise ValueError(f"sinusoidal_embedding needs dim >= 2, got {dim}.")
+  t = jnp.asarray(t, jnp.float32)
+  if t.ndim == 0:
+    t = t[None]
+  if t.ndim != 1:
+    raise ValueError(f"sinusoidal_embedding expects t of shape (B,), got {t.shape}.")
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)  # (half,)
+  args = (scale * t)[:, None] * freqs[None, :]                                          # (B, half)
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)                         # (B, 2 half)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class ConvBlock(nn.Module):
+  """conv3x3(stride) -> GroupNorm -> SiLU (001 section 3.1).
+
+  Attributes:
+    features: output channels.
+    stride: 1, or 2 to halve H and W.
+  """
+
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: (B, H, W, C_in) -> (B, H / stride, W / stride, features)."""
+    h = conv3x3(self.features, self.stride, name="conv")(x)
+    return nn.silu(GroupNorm(name="norm")(h))
+
+
+class ResBlock(nn.Module):
+  """Pre-activation residual block with an optional time embedding (001 section 3.2, improved-diffusion).
+
+  h = conv3x3(SiLU(GN(x))); h += Dense(SiLU(temb)) per channel if temb is given;
+  h = conv3x3(dropout(SiLU(GN(h)))); out = skip(x) + h, skip a 1x1 conv when the channel count changes.
+  The time embedding goes through SiLU before its projection as in improved-diffusion (001's sketch
+  projects it directly; the parameter count is the same).
+
+  Attributes:
+    features: output channels (None: same as the input).
+    dropout: dropout rate before the second conv (active only when train=True; needs a 'dropout' rng).
+  """
+
+  features: int | None = None
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
+    """x: (B, H, W, C_in); temb: (B, E) or None -> (B, H, W, features)."""
+    features = x.shape[-1] if self.features is None else self.features
+    h = conv3x3(features, name="conv1")(nn.silu(GroupNorm(name="norm1")(x)))
+    if temb is not None:
+      h = h + nn.Dense(features, name="time_proj")(nn.silu(temb))[:, None, None, :]
+    h = nn.silu(GroupNorm(name="norm2")(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = conv3x3(features, name="conv2")(h)
+    if x.shape[-1] != features:
+      x = nn.Conv(features, (1, 1), name="skip")(x)
+    return x + h
+
+
+class AttentionBlock(nn.Module):
+  """GroupNorm -> multi-head self-attention over the H*W positions -> 1x1 projection, residual.
+
+  q, k, v come from one 1x1 projection (a Dense on the channel axis: the same parameters as 001's three
+  1x1 convs with biases); attention logits are scaled by 1/sqrt(C / num_heads) as in 001.
+
+  Attributes:
+    num_heads: number of heads; must divide the channel count.
+  """
+
+  num_heads: int = 4
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: (B, H, W, C) -> (B, H, W, C)."""
+    b, hgt, wid, c = x.shape
+    if self.num_heads < 1 or c % self.num_heads:
+      raise ValueError(f"AttentionBlock: num_heads={self.num_heads} must divide {c} channels.")
+    head_dim = c // self.num_heads
+    h = GroupNorm(name="norm")(x).reshape(b, hgt * wid, c)
+    qkv = nn.Dense(3 * c, name="qkv")(h).reshape(b, hgt * wid, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                 # each (B, HW, heads, head_dim)
+    out = jax.nn.dot_product_attention(q, k, v)                          # (B, HW, heads, head_dim)
+    out = nn.Dense(c, name="proj")(out.reshape(b, hgt * wid, c))
+    return x + out.reshape(b, hgt, wid, c)
+
+
+class Downsample(nn.Module):
+  """Stride-2 conv3x3: (B, H, W, C) -> (B, H/2, W/2, features or C)."""
+
+  features: int | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = x.shape[-1] if self.features is None else self.features
+    return conv3x3(features, stride=2, name="conv")(x)
+
+
+class Upsample(nn.Module):
+  """Nearest x2 then conv3x3: (B, H, W, C) -> (B, 2H, 2W, features or C)."""
+
+  features: int | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = x.shape[-1] if self.features is None else self.features
+    return conv3x3(features, name="conv")(upsample_nearest(x))
+
+
+def check_image_batch(name: str, x: Array, divisor: int = 1, channels: int | None = None) -> None:
+  """Raises ValueError unless x is (B, H, W, C) with H, W divisible by `divisor` (and C == channels)."""
+  shape = tuple(jnp.shape(x))
+  if len(shape) != 4:
+    raise ValueError(f"{name} must be a batch of NHWC images of rank 4 (B, H, W, C), got shape {shape}.")
+  if shape[1] % divisor or shape[2] % divisor:
+    raise ValueError(
+        f"{name}: height and width must be divisible by {divisor}, got H={shape[1]}, W={shape[2]}.")
+  if channels is not None and shape[3] != channels:
+    raise ValueError(f"{name}: expected {channels} channels, got shape {shape}.")
+
+
+def check_time(t: Array, batch: int) -> None:
+  """Raises ValueError unless t has shape (batch,) (or is a scalar, broadcast by the caller)."""
+  shape = tuple(jnp.shape(t))
+  if shape not in ((), (batch,)):
+    raise ValueError(f"t must have shape ({batch},) (one continuous time per example), got {shape}.")
+
+
+def broadcast_time(t: Array, batch: int) -> Array:
+  """A scalar or (B,) time as a (B,) float32 array."""
+  check_time(t, batch)
+  return jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
+
+
+class TimeEmbedding(nn.Module):
+  """sinusoidal_embedding(t, embed_dim, scale) -> Dense(features) -> SiLU -> Dense(features) (001 section 3.2).
+
+  Attributes:
+    features: output width (4 * base channels in the UNet).
+    embed_dim: width of the sinusoidal features (the UNet's base channels).
+    scale: multiplies the continuous time before the frequencies (1000 for t in [0, 1]).
+  """
+
+  features: int
+  embed_dim: int
+  scale: float = 1000.0
+
+  @nn.compact
+  def __call__(self, t: Array) -> Array:
+    """t: (B,) float -> (B, features)."""
+    emb = sinusoidal_embedding(t, self.embed_dim, self.scale)
+    emb = nn.Dense(self.features, name="dense0")(emb)
+    return nn.Dense(self.features, name="dense1")(nn.silu(emb))
