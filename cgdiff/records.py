@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -13,9 +14,11 @@ from typing import Any
 import jax
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit(path: str | None = None) -> str:
   """The commit of the repository holding `path` (default: this package), with '-dirty' for local
-  changes, or 'unknown' outside a git checkout."""
+  changes, or 'unknown' outside a git checkout. Cached: the first call (experiments.run makes it at
+  start-up) fixes the answer for the process, so edits made while a run goes on do not change it."""
   cwd = path or os.path.dirname(os.path.abspath(__file__))
   try:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,

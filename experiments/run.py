@@ -10,6 +10,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cgdiff import records
 from experiments import exact_field
 
 FLAGS = flags.FLAGS
@@ -25,6 +26,7 @@ def run_stages(config, workdir: str) -> None:
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; expected some of {sorted(STAGES)}.")
   os.makedirs(workdir, exist_ok=True)
+  logging.info("cgdiff at commit %s", records.git_commit())  # fixed now, before any stage runs
   for stage in config.stages:
     logging.info("stage %s -> %s", stage, workdir)
     STAGES[stage](config, workdir)

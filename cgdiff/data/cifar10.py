@@ -102,8 +102,6 @@ def _load_archive(path: str, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
           raise ValueError(f"{path}: {member} is not a regular file.")
         with f:
           parts.append(_unpickle(f, where))
-  except ValueError:
-    raise
   except _CORRUPT as e:
     raise ValueError(f"{path}: corrupt or truncated archive ({type(e).__name__}: {e}).") from e
   return parts
@@ -153,8 +151,8 @@ def load(split: str, data_dir: str | None = None,
     split: "train" (50000 examples) or "test" (10000).
     data_dir: directory holding `cifar-10-batches-py/` or `cifar-10-python.tar.gz` (the directory
       `cifar-10-batches-py` itself is accepted too); default DEFAULT_DATA_DIR.
-    download: fetch the archive into data_dir when no local copy and no tensorflow_datasets copy
-      exists (tensorflow_datasets, if installed, downloads into its own directory instead).
+    download: let tensorflow_datasets (if installed) download into its own directory, and if it is
+      absent or fails, fetch the archive into data_dir and check its MD5.
 
   Returns:
     (images uint8 [N, 32, 32, 3] NHWC, labels int64 [N]).
@@ -186,7 +184,7 @@ def load(split: str, data_dir: str | None = None,
       else:
         _check_counts(images, split, "tensorflow_datasets cifar10")
         return images, labels
-    if download and tfds is None:
+    if download:  # tensorflow_datasets absent or failed: fetch the archive ourselves
       source = download_archive(directory)
       parts = _load_archive(source, split)
     else:

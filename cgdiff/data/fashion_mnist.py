@@ -41,6 +41,7 @@ def read_idx(path: str, expected_ndim: int | None = None) -> np.ndarray:
     ValueError (naming the file) on a bad magic number, unexpected number of dimensions, a
     corrupt gzip stream, or fewer or more bytes than the header declares.
   """
+  path = os.fspath(path)
   try:
     if path.endswith(".gz"):
       with gzip.open(path, "rb") as f:

@@ -16,6 +16,7 @@ have seen, with no iterator state to checkpoint beyond the step itself.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 
 import numpy as np
@@ -126,6 +127,7 @@ def load_images(name: str, split: str, data_dir: str | None = None, **kwargs) ->
 # --- batching ------------------------------------------------------------------------------------
 def shard(x, num_devices: int):
   """[B, ...] -> [num_devices, B / num_devices, ...] (numpy or jax arrays); B must divide evenly."""
+  num_devices = operator.index(num_devices)
   if num_devices < 1:
     raise ValueError(f"num_devices must be >= 1, got {num_devices}.")
   if x.shape[0] % num_devices:
@@ -155,6 +157,7 @@ class Batcher:
 
   def __init__(self, images: np.ndarray, batch_size: int, seed: int, num_devices: int = 1,
                drop_remainder: bool = True):
+    batch_size, num_devices = operator.index(batch_size), operator.index(num_devices)
     self._images = np.asarray(images)
     if self._images.ndim < 1 or self._images.shape[0] == 0:
       raise ValueError(f"Batcher needs at least one example, got shape {self._images.shape}.")

@@ -2,10 +2,11 @@
 
 Four classes, one shape per image at a random position, size, rotation and colour:
   0 disc, 1 square (rotated), 2 ring, 3 stripes (a striped disc).
-The background is a plain or linear-gradient dark colour with a light shape, or (30% of images)
-the photographic negative of such an image: a light background and a dark shape; every channel
-keeps a contrast of at least 0.1 between shape and background. Edges are anti-aliased by a
-one-pixel ramp of a signed distance, coverage = clip(1/2 - sdf / pixel, 0, 1).
+The background is a plain (half the images) or linear-gradient dark colour, the shape a light
+one: every channel keeps a contrast of at least 0.1 between shape and background, and the classes
+differ in their mean image (a light blob of a class-specific area and profile), not only in shape.
+Edges are anti-aliased by a one-pixel ramp of a signed distance, coverage = clip(1/2 - sdf / pixel,
+0, 1).
 
 Everything is a function of `seed` alone: all parameters come from one draw of a (N, P) uniform
 table, so image i depends only on (seed, i), and `generate(n, seed=s)[:k]` equals
@@ -21,7 +22,7 @@ import numpy as np
 
 CLASS_NAMES = ("disc", "square", "ring", "stripes")
 NUM_CLASSES = len(CLASS_NAMES)
-_NUM_PARAMS = 19
+_NUM_PARAMS = 18
 _CHUNK = 2048
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -64,15 +65,12 @@ def _coverage(u: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
 def _colours(u: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(shape, background start, background end) colours, float32 [n, channels] each.
 
-  Dark backgrounds in [0, 0.45]^3 with light shapes in [0.55, 1]^3; 30% of images are negatives
-  (1 - every colour). Compositing is linear in the colours, so the negative and the luminance of
-  a grayscale image are taken here, on colours, rather than on pixels.
+  Dark backgrounds in [0, 0.45]^3 with light shapes in [0.55, 1]^3. Compositing is linear in the
+  colours, so the luminance of a grayscale image is taken here, on colours, not on pixels.
   """
   light = 0.55 + 0.45 * u[:, 7:10]
   dark0 = 0.45 * u[:, 10:13]
   dark1 = np.where(u[:, 16:17] < 0.5, 0.45 * u[:, 13:16], dark0)  # half the images: plain
-  negative = u[:, 18:19] < 0.3
-  light, dark0, dark1 = (np.where(negative, 1.0 - c, c) for c in (light, dark0, dark1))
   if channels == 1:
     light, dark0, dark1 = (c @ _LUMA[:, None] for c in (light, dark0, dark1))
   return light, dark0, dark1
