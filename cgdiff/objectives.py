@@ -1,0 +1,195 @@
+"""Training objectives: the score targets of `targets` plus network calls (MATH.md section 4).
+
+Every objective is a pure function `(params, batch, keys, ...) -> (loss, metrics)`. Networks come in as
+functions (`eps_fn(params, z_t, t)`, `gate_fn(params, z_t, t)`, `encode_fn(params, x)`,
+`decode_fn(params, z)`), so this module knows the maths and not the architectures. `keys` holds one
+PRNG key per example ([B] key array or [B, 2] raw keys): an example's noise depends on its key only,
+so a step gives the same result on 1 or 8 devices.
+
+Reductions: losses are means over the batch and over latent / pixel elements (the `F.mse_loss` of
+001), so the KL weight of 001 (1e-3 to 1e-2 per element) keeps its meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+
+from cgdiff import schedules as schedules_lib
+from cgdiff import targets
+
+Array = jax.Array
+Params = Any
+EpsFn = Callable[[Params, Array, Array], Array]  # (params, z_t [B, ...], t [B]) -> eps_hat [B, ...]
+GateFn = Callable[[Params, Array, Array], Array]  # (params, z_t, t) -> g in [0, 1], broadcasts to z_t
+EncodeFn = Callable[[Params, Array], tuple[Array, Array]]  # (params, x) -> (mean, logvar)
+DecodeFn = Callable[[Params, Array], Array]  # (params, z0) -> x_hat
+
+ScoreTarget = Literal["tweedie", "lsi", "critic_gate", "critic_gate_prior"]
+SCORE_TARGETS = ("tweedie", "lsi", "critic_gate", "critic_gate_prior")
+KLKind = Literal["regular", "modified"]
+
+
+def _per_example(t: Array, ndim: int) -> Array:
+  """[B] -> [B, 1, ..., 1] with `ndim` dimensions in all, to broadcast against a batch."""
+  return jnp.reshape(t, t.shape + (1,) * (ndim - 1))
+
+
+def draw_diffusion_noise(keys: Array, schedule: schedules_lib.Schedule,
+                         latent_shape: tuple[int, ...]) -> tuple[Array, Array, Array]:
+  """Per example: t ~ U[t_min, t_max], eps_vae ~ N(0, I), eps ~ N(0, I).
+
+  Returns (t [B], eps_vae [B, *latent_shape], eps [B, *latent_shape]).
+  """
+
+  def draw(key):
+    k_t, k_vae, k_eps = jax.random.split(key, 3)
+    t = jax.random.uniform(k_t, (), minval=schedule.t_min, maxval=schedule.t_max)
+    return t, jax.random.normal(k_vae, latent_shape), jax.random.normal(k_eps, latent_shape)
+
+  return jax.vmap(draw)(keys)
+
+
+def noise_target(target: ScoreTarget, *, z0: Array, z_t: Array, eps: Array, mean: Array, logvar: Array,
+                 alpha: Array, sigma: Array, gate: Array | None = None,
+                 prior: tuple[Array, Array] | None = None) -> Array:
+  """The eps-space target eps* = -sigma s* of each score target s* (MATH.md sections 2-4); z's shape.
+
+  tweedie: eps (= -sigma b exactly). lsi: -sigma l. critic_gate: -sigma ((1 - g) a + g b) with the
+  posterior CSEM a. critic_gate_prior: the same with 001's global-Gaussian CSEM (biased; `prior` is
+  (prior_mean, prior_logvar) of shape z.shape[1:]).
+  """
+  if target == "tweedie":
+    return eps
+  if target == "lsi":
+    return targets.score_to_eps(targets.lsi_score(z_t, mean, logvar, alpha, sigma), sigma)
+  if target in ("critic_gate", "critic_gate_prior"):
+    if gate is None:
+      raise ValueError(f"target {target!r} needs a gate value.")
+    if target == "critic_gate":
+      csem = targets.csem_score(z0, mean, logvar, alpha)
+    else:
+      if prior is None:
+        raise ValueError("target 'critic_gate_prior' needs the latent statistics (prior mean, logvar).")
+      csem = targets.prior_csem_score(z0, prior[0], prior[1], alpha)
+    # The blend is linear, so it is taken in eps space, where Tweedie's part is eps itself.
+    return targets.blend(targets.score_to_eps(csem, sigma), eps, gate)
+  raise ValueError(f"unknown score target {target!r}; expected one of {SCORE_TARGETS}.")
+
+
+def score_matching_terms(params: Params, mean: Array, logvar: Array, keys: Array, *, eps_fn: EpsFn,
+                         schedule: schedules_lib.Schedule, target: ScoreTarget,
+                         gate_fn: GateFn | None = None,
+                         prior: tuple[Array, Array] | None = None) -> tuple[Array, dict[str, Array]]:
+  """eps-MSE of the score network against `target`, for posteriors N(mean, exp(logvar)) [B, ...].
+
+  params: {"score": ..., "gate": ...} (the gate only for the critic-gate targets). Returns the loss and
+  metrics: the gate's mean and range, the target's second moment, and its excess over LSI,
+  mean (eps* - eps_LSI)^2, a Monte Carlo estimate of E Var(eps* | z_t, x): the variance the target
+  adds on top of the Rao-Blackwellised one (0 for LSI; MATH.md identity 2).
+  """
+  t, eps_vae, eps = draw_diffusion_noise(keys, schedule, mean.shape[1:])
+  alpha = _per_example(schedule.alpha(t), mean.ndim)
+  sigma = _per_example(schedule.sigma(t), mean.ndim)
+  z0 = mean + jnp.exp(0.5 * logvar) * eps_vae  # targets.sample_posterior with this example's noise
+  z_t = targets.diffuse(z0, eps, alpha, sigma)
+  metrics = {}
+  gate = None
+  if target in ("critic_gate", "critic_gate_prior"):
+    if gate_fn is None:
+      raise ValueError(f"target {target!r} needs a gate network (gate_fn).")
+    gate = gate_fn(params["gate"], z_t, t)
+    metrics.update(gate_mean=jnp.mean(gate), gate_min=jnp.min(gate), gate_max=jnp.max(gate))
+  eps_star = noise_target(target, z0=z0, z_t=z_t, eps=eps, mean=mean, logvar=logvar, alpha=alpha,
+                          sigma=sigma, gate=gate, prior=prior)
+  eps_hat = eps_fn(params["score"], z_t, t)
+  loss = jnp.mean((eps_hat - eps_star) ** 2)
+  eps_lsi = noise_target("lsi", z0=z0, z_t=z_t, eps=eps, mean=mean, logvar=logvar, alpha=alpha,
+                         sigma=sigma)
+  metrics.update(
+      score_loss=loss,
+      target_second_moment=jax.lax.stop_gradient(jnp.mean(eps_star**2)),
+      target_excess_over_lsi=jax.lax.stop_gradient(jnp.mean((eps_star - eps_lsi) ** 2)),
+  )
+  return loss, metrics
+
+
+def diffusion_loss(params: Params, posterior: tuple[Array, Array], keys: Array, *, eps_fn: EpsFn,
+                   schedule: schedules_lib.Schedule, target: ScoreTarget, gate_fn: GateFn | None = None,
+                   prior: tuple[Array, Array] | None = None) -> tuple[Array, dict[str, Array]]:
+  """Latent-diffusion loss on a frozen posterior (mean, logvar) [B, ...]: baseline (target 'tweedie'),
+  LSI, or critic-gate (000 with the posterior CSEM, 001 with the prior CSEM). MATH.md section 4."""
+  mean, logvar = posterior
+  loss, metrics = score_matching_terms(params, mean, logvar, keys, eps_fn=eps_fn, schedule=schedule,
+                                       target=target, gate_fn=gate_fn, prior=prior)
+  return loss, {"loss": loss, **metrics}
+
+
+def gaussian_kl(mean: Array, logvar: Array, kind: KLKind) -> Array:
+  """Per-element mean of the KL term. regular: KL(N(mean, v) || N(0, 1)) = 1/2 (mean^2 + v - 1 - logvar);
+  modified (002 eq. 19): 1/2 (mean^2 + v), the second moment without the -log det."""
+  v = jnp.exp(logvar)
+  if kind == "regular":
+    return 0.5 * jnp.mean(mean**2 + v - 1.0 - logvar)
+  if kind == "modified":
+    return 0.5 * jnp.mean(mean**2 + v)
+  raise ValueError(f"unknown KL kind {kind!r}; expected 'regular' or 'modified'.")
+
+
+def stiffness_penalty(logvar: Array, alpha: Array, sigma: Array) -> Array:
+  """Per-element mean of 1 / (alpha^2 v + sigma^2): 002 eq. 21's tr(Sigma_t^{-1}) per dimension."""
+  return jnp.mean(1.0 / targets.diffused_variance(logvar, alpha, sigma))
+
+
+def autoencoder_terms(params: Params, images: Array, keys: Array, *, encode_fn: EncodeFn,
+                      decode_fn: DecodeFn, kl: KLKind) -> tuple[dict[str, Array], tuple[Array, Array]]:
+  """Reconstruction MSE of decode(z0), z0 ~ q(z0 | x), and the KL term; returns (terms, (mean, logvar))."""
+  mean, logvar = encode_fn(params, images)
+  eps_vae = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), mean.shape[1:]))(keys)
+  recon = decode_fn(params, mean + jnp.exp(0.5 * logvar) * eps_vae)
+  terms = {"reconstruction": jnp.mean((recon - images) ** 2), "kl": gaussian_kl(mean, logvar, kl),
+           "posterior_logvar_mean": jax.lax.stop_gradient(jnp.mean(logvar))}
+  return terms, (mean, logvar)
+
+
+def vae_loss(params: Params, images: Array, keys: Array, *, encode_fn: EncodeFn, decode_fn: DecodeFn,
+             kl: KLKind = "regular", kl_weight: float = 1e-3) -> tuple[Array, dict[str, Array]]:
+  """001 eqs. 12-13: reconstruction MSE + kl_weight * KL (per element). images [B, H, W, C] in [-1, 1]."""
+  terms, _ = autoencoder_terms(params, images, keys, encode_fn=encode_fn, decode_fn=decode_fn, kl=kl)
+  loss = terms["reconstruction"] + kl_weight * terms["kl"]
+  return loss, {"loss": loss, **terms}
+
+
+def cotrain_loss(params: Params, images: Array, keys: Array, *, encode_fn: EncodeFn, decode_fn: DecodeFn,
+                 eps_fn: EpsFn, schedule: schedules_lib.Schedule, kl: KLKind, kl_weight: float,
+                 score_target: Literal["tweedie", "lsi"], score_weight: float = 1.0,
+                 stiffness_weight: float = 0.0,
+                 encoder_score_gradient: bool = True) -> tuple[Array, dict[str, Array]]:
+  """Co-training of VAE and score network (002 Algorithm 1, eq. 17; MATH.md section 4).
+
+  loss = reconstruction + kl_weight KL + score_weight ||eps_hat - eps*||^2
+         + stiffness_weight mean 1/(alpha^2 v + sigma^2).
+  params: {"vae": ..., "score": ...}. With encoder_score_gradient the score term's gradient reaches the
+  encoder (through z_t and, for LSI, through the target's mean and variance); without it the encoder
+  sees the score loss not at all (two-stage training run side by side). The score term draws its own
+  z0 (a different posterior draw from the reconstruction's); both are unbiased.
+  """
+  if score_target not in ("tweedie", "lsi"):
+    raise ValueError(f"co-training uses score_target 'tweedie' or 'lsi', got {score_target!r}.")
+  terms, (mean, logvar) = autoencoder_terms(params["vae"], images, keys, encode_fn=encode_fn,
+                                            decode_fn=decode_fn, kl=kl)
+  if not encoder_score_gradient:
+    mean, logvar = jax.lax.stop_gradient((mean, logvar))
+  score_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+  score_loss, score_metrics = score_matching_terms({"score": params["score"]}, mean, logvar, score_keys,
+                                                   eps_fn=eps_fn, schedule=schedule, target=score_target)
+  loss = terms["reconstruction"] + kl_weight * terms["kl"] + score_weight * score_loss
+  if stiffness_weight:
+    t, _, _ = draw_diffusion_noise(score_keys, schedule, mean.shape[1:])
+    stiffness = stiffness_penalty(logvar, _per_example(schedule.alpha(t), mean.ndim),
+                                  _per_example(schedule.sigma(t), mean.ndim))
+    loss = loss + stiffness_weight * stiffness
+    terms["stiffness"] = stiffness
+  return loss, {"loss": loss, **terms, **score_metrics}

@@ -1,0 +1,131 @@
+"""The training loop: pmap over local devices, Orbax checkpoints with exact resume, writers, progress.
+
+`train` is generic: it gets a loss function and a function giving the global batch of each step, so
+the VAE, the latent diffusion model and co-training all use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import flax.jax_utils
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from cgdiff.train import checkpoint, step as step_lib, writers
+from cgdiff.train.state import TrainState, create_state, make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLoopConfig:
+  num_steps: int
+  log_every: int = 100
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  ema_decay: float = 0.9999
+  tensorboard: bool = True
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> TrainLoopConfig:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in config.items() if k in fields})
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def _device_batch(batch: Any, num_devices: int) -> Any:
+  """This host's slice of the global batch, reshaped to [devices, per_device, ...]."""
+  def split(x):
+    x = np.asarray(x)
+    per_host = x.shape[0] // jax.process_count()
+    x = x[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
+    return x.reshape((num_devices, per_host // num_devices) + x.shape[1:])
+  return jax.tree.map(split, batch)
+
+
+def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any], *,
+          optimizer: ml_collections.ConfigDict, loop: TrainLoopConfig, workdir: str,
+          key: jax.Array) -> TrainState:
+  """Trains `params` for loop.num_steps steps and returns the final (unreplicated) state.
+
+  batch_fn(step) -> the global batch of `step` (a pytree of arrays [B, ...]); it must depend on the
+  step only, which with the per-step keys makes a resumed run identical to an uninterrupted one.
+  Checkpoints go to workdir/checkpoints, metrics to workdir (metrics.jsonl, TensorBoard). A run whose
+  latest checkpoint is at num_steps returns it without training. A non-finite loss stops training with
+  FloatingPointError; no checkpoint is written after it, so the last one on disk is good.
+  """
+  num_devices = jax.local_device_count()
+  tx = make_optimizer(optimizer, loop.num_steps)
+  state = create_state(params, tx)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=loop.keep_checkpoints,
+                                 save_every=loop.checkpoint_every)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info("resumed %s from step %d", workdir, int(state.step))
+  start = int(state.step)
+  if start >= loop.num_steps:
+    ckpt.close()
+    return state
+
+  p_step = jax.pmap(step_lib.make_train_step(loss_fn, tx, ema_decay=loop.ema_decay),
+                    axis_name="batch", in_axes=(0, 0, 0, None), donate_argnums=(0,))
+  writer = writers.create_writer(workdir, tensorboard=loop.tensorboard, quiet=jax.process_index() > 0)
+  replicated = flax.jax_utils.replicate(state)
+  pending: list[tuple[int, dict]] = []
+  last_time, last_step, first_time = time.perf_counter(), start, None
+  global_size = 0
+
+  def check_and_log(step: int) -> None:
+    nonlocal pending, last_time, last_step
+    fetched = [(s, jax.tree.map(lambda x: float(np.asarray(x)[0]), m)) for s, m in jax.device_get(pending)]
+    pending = []
+    for s, m in fetched:
+      if m["nonfinite"]:
+        raise FloatingPointError(
+            f"non-finite loss or gradient at step {s} (loss={m['loss']}); training stopped. The last "
+            f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}.")
+    now = time.perf_counter()
+    steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
+    scalars = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+    scalars.update(steps_per_sec=steps_per_sec, examples_per_sec=steps_per_sec * global_size)
+    writer.write_scalars(step, scalars)
+    eta = (loop.num_steps - step) / max(steps_per_sec, 1e-9)
+    logging.info("%s: step %d/%d (%.1f%%), %.2f steps/s, %.0f examples/s, ETA %s", os.path.basename(workdir),
+                 step, loop.num_steps, 100 * step / loop.num_steps, steps_per_sec,
+                 steps_per_sec * global_size, _format_seconds(eta))
+    last_time, last_step = now, step
+
+  try:
+    for step in range(start, loop.num_steps):
+      batch = batch_fn(step)
+      global_size = jax.tree.leaves(batch)[0].shape[0]
+      if global_size % (num_devices * jax.process_count()):
+        raise ValueError(f"global batch {global_size} is not divisible by {num_devices} devices x "
+                         f"{jax.process_count()} hosts.")
+      example_ids = _device_batch(np.arange(global_size), num_devices)
+      replicated, metrics = p_step(replicated, _device_batch(batch, num_devices), example_ids, key)
+      pending.append((step, metrics))
+      done = step + 1
+      if first_time is None:
+        jax.block_until_ready(metrics)
+        first_time = time.perf_counter()
+        logging.info("first step (compilation included) took %.1f s", first_time - last_time)
+        last_time, last_step = first_time, done
+      saving = done % loop.checkpoint_every == 0 or done == loop.num_steps
+      if done % loop.log_every == 0 or saving:
+        check_and_log(done)
+      if saving:
+        ckpt.save(flax.jax_utils.unreplicate(replicated), force=done == loop.num_steps)
+  finally:
+    ckpt.close()
+    writer.flush()
+    writer.close()
+  return flax.jax_utils.unreplicate(replicated)
