@@ -59,3 +59,28 @@ def plot_samples_2d(reference: np.ndarray, samples: Mapping[str, np.ndarray], pa
   for ax in axes.ravel()[len(panels):]:
     ax.axis("off")
   return _save(fig, path)
+
+
+def image_grid(images: np.ndarray, nrow: int = 8) -> np.ndarray:
+  """Tiles images [N, H, W, C] in [-1, 1] into one uint8 [nrow*H + gaps, ncol*W + gaps, C] picture."""
+  images = np.asarray(images)
+  n, h, w, c = images.shape
+  ncol = -(-n // nrow)
+  grid = np.full((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), 255, np.uint8)
+  pixels = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  for i in range(n):
+    r, col = divmod(i, ncol)
+    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = pixels[i]
+  return grid
+
+
+def plot_image_grid(images: np.ndarray, path: str, nrow: int = 8, title: str = "") -> str:
+  """An nrow x nrow grid (001 section 6.4) of images [N, H, W, C] in [-1, 1] as a PNG."""
+  grid = image_grid(images[: nrow * nrow], nrow)
+  fig, ax = plt.subplots(figsize=(grid.shape[1] / 40, grid.shape[0] / 40 + (0.3 if title else 0)))
+  ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray" if grid.shape[-1] == 1 else None,
+            interpolation="nearest")
+  ax.axis("off")
+  if title:
+    ax.set_title(title, fontsize=8)
+  return _save(fig, path)

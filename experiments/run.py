@@ -11,14 +11,21 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgdiff import records
-from experiments import exact_field
+from experiments import exact_field, sampling, training
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-STAGES = {"exact_field": exact_field.run}
+STAGES = {
+    "exact_field": exact_field.run,
+    "vae": training.run_vae,
+    "stats": training.run_stats,
+    "ldm": training.run_ldm,
+    "cotrain": training.run_cotrain,
+    "sample": sampling.run,
+}
 
 
 def run_stages(config, workdir: str) -> None:
@@ -32,8 +39,16 @@ def run_stages(config, workdir: str) -> None:
     STAGES[stage](config, workdir)
 
 
+class _QuietOrbax:
+  """Drops Orbax's per-save INFO lines (a dozen per checkpoint) from the log; warnings still show."""
+
+  def filter(self, record) -> bool:
+    return record.levelno > 20 or "orbax" not in record.pathname
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_QuietOrbax())
   run_stages(FLAGS.config, FLAGS.workdir)
 
 

@@ -1,9 +1,13 @@
 """The networks of cgdiff.models: shapes, parameter counts, the logvar floor, the gate's range and start,
 time dependence of the noise predictors, GroupNorm against flax, and the input checks.
 
-Networks are small here (a few channels) so the file runs in seconds on CPU; the full-size parameter
-counts use jax.eval_shape of init, which traces the network but computes nothing.
+Cost: on a 2-core CPU the time goes to XLA compiles, not to running. So networks are tiny, shapes and
+input checks use jax.eval_shape (a trace, no compile), the full-size parameter counts too, and every
+compiled test function is built by `jit` below, which asks XLA for LLVM -O0: compiles (above all of
+jax.random's init kernels) get 5-10x faster and the arithmetic is the same up to float32 rounding.
 """
+
+import functools
 
 import chex
 import flax.linen as nn
@@ -14,20 +18,49 @@ import pytest
 
 from cgdiff.models import (GRANULARITIES, AttentionBlock, ConvBlock, CriticGate, Downsample, GroupNorm,
                            MLPScoreNet, ResBlock, UNet, Upsample, VAE, group_count,
-                           sinusoidal_embedding)
+                           sinusoidal_embedding, soft_floor)
 
 KEY = jax.random.PRNGKey(0)
-SMALL_VAE = dict(channels=(8, 16, 32))
-SMALL_UNET = dict(base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1, num_heads=2)
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+SMALL_VAE = dict(latent_channels=2, out_channels=1, channels=(8, 16, 32))
+# 16 and 32 channels: one channel per GroupNorm group, so time enters by scale and shift (see ResBlock)
+SMALL_UNET = dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
+                  num_heads=2, scale_shift_norm=True)
 SMALL_GATE = dict(hidden_channels=16, num_layers=2)
+
+
+def jit(fn, **kwargs):
+  """jax.jit with fast (unoptimised) XLA:CPU code generation: see the module docstring."""
+  return jax.jit(fn, compiler_options=FAST_COMPILE, **kwargs)
 
 
 def num_params(tree) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
-def global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(tree)))
+def max_abs(tree) -> float:
+  return max(float(np.max(np.abs(np.asarray(leaf)))) for leaf in jax.tree.leaves(tree))
+
+
+def normal(seed: int, shape: tuple[int, ...], scale: float = 1.0, offset: float = 0.0) -> jax.Array:
+  """offset + scale * N(0, 1) as float32, drawn by numpy (eager jax.random compiles per shape)."""
+  return jnp.asarray(offset + scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def random_params(module: nn.Module, *args, seed: int = 0):
+  """Parameters of the shapes `module.init` would give, filled without compiling init: kernels
+  N(0, 1 / fan_in), GroupNorm scales 1, biases N(0, 0.1^2) (nonzero, so no output is trivially zero)."""
+  shapes = jax.eval_shape(module.init, KEY, *args)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = getattr(path[-1], "key", "")
+    if name == "scale":
+      return jnp.ones(leaf.shape, leaf.dtype)
+    std = 0.1 if name == "bias" else 1.0 / np.sqrt(np.prod(leaf.shape[:-1]))
+    return jnp.asarray(std * rng.standard_normal(leaf.shape), leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def replace_leaf(params, path: tuple[str, ...], fn):
@@ -37,9 +70,9 @@ def replace_leaf(params, path: tuple[str, ...], fn):
   return jax.tree_util.tree_map_with_path(replace, params)
 
 
-def perturb(params, path: tuple[str, ...], key, scale: float = 0.1):
+def perturb(params, path: tuple[str, ...], seed: int, scale: float = 0.1):
   """A copy of `params` with the leaf at `path` replaced by scale * N(0, 1) noise."""
-  return replace_leaf(params, path, lambda leaf: scale * jax.random.normal(key, leaf.shape, leaf.dtype))
+  return replace_leaf(params, path, lambda leaf: normal(seed, leaf.shape, scale))
 
 
 # --- layers -----------------------------------------------------------------------------------------
@@ -52,33 +85,45 @@ def test_group_count_is_the_largest_divisor_up_to_32(channels, groups):
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 64), (3, 4, 4, 6), (2, 4, 4, 48), (2, 5, 16), (4, 12)])
 def test_group_norm_matches_flax(shape):
-  # Same formula (E[x^2] - E[x]^2 in float32) reduced in a different order: float32 rounding of a mean
-  # of at most 4096 terms of size ~10 is ~1e-6 relative; 1e-5 is the brief's bound.
-  kx, ks, kb = jax.random.split(KEY, 3)
-  x = 3.0 + 2.0 * jax.random.normal(kx, shape)  # an offset, to exercise the one-pass variance
+  # The same formula (E[x^2] - E[x]^2 in float32, then (x - mean) * scale / sqrt(var + eps) + bias)
+  # reduced in another order: float32 rounding of means of <= 4096 terms of size ~10 is ~1e-6 relative,
+  # under the brief's 1e-5. (4, 12) has one element per group: var = 0, output = bias exactly.
+  x = normal(0, shape, scale=2.0, offset=3.0)  # an offset, to exercise the one-pass variance
   c = shape[-1]
-  params = {"params": {"scale": 1.0 + 0.1 * jax.random.normal(ks, (c,)),
-                       "bias": 0.1 * jax.random.normal(kb, (c,))}}
-  ours = GroupNorm().apply(params, x)
-  ref = nn.GroupNorm(num_groups=group_count(c), epsilon=1e-6).apply(params, x)
+  params = {"params": {"scale": normal(1, (c,), scale=0.1, offset=1.0), "bias": normal(2, (c,), 0.1)}}
+  ours = jit(GroupNorm().apply)(params, x)
+  ref = jit(nn.GroupNorm(num_groups=group_count(c), epsilon=1e-6).apply)(params, x)
   chex.assert_shape(ours, shape)
   chex.assert_trees_all_close(ours, ref, atol=1e-5, rtol=1e-5)
-  init = GroupNorm().init(KEY, x)
-  chex.assert_trees_all_equal_shapes(init, params)
+  chex.assert_trees_all_equal_shapes(jax.eval_shape(GroupNorm().init, KEY, x), params)
+
+
+def test_group_norm_is_no_less_accurate_than_flax():
+  # A large mean (30 std) makes E[x^2] - E[x]^2 cancel: both lose digits; the per-channel partial sums
+  # of ours must not lose more than flax's reduction (errors against a float64 reference).
+  shape, groups = (2, 32, 32, 64), 32
+  x = normal(0, shape, scale=1.0, offset=30.0)
+  params = {"params": {"scale": jnp.ones((64,)), "bias": jnp.zeros((64,))}}
+  x64 = np.asarray(x, np.float64).reshape(2, -1, groups, 2)
+  ref = ((x64 - x64.mean(axis=(1, 3), keepdims=True))
+         / np.sqrt(x64.var(axis=(1, 3), keepdims=True) + 1e-6)).reshape(shape)
+  err_ours = max_abs(np.asarray(jit(GroupNorm().apply)(params, x)) - ref)
+  err_flax = max_abs(np.asarray(jit(nn.GroupNorm(num_groups=groups, epsilon=1e-6).apply)(params, x)) - ref)
+  assert err_ours <= err_flax + 1e-6, (err_ours, err_flax)
 
 
 def test_group_norm_rejects_groups_that_do_not_divide():
   with pytest.raises(ValueError, match="do not divide"):
-    GroupNorm(num_groups=5).init(KEY, jnp.zeros((1, 2, 2, 8)))
+    jax.eval_shape(GroupNorm(num_groups=5).init, KEY, jnp.zeros((1, 2, 2, 8)))
 
 
 def test_sinusoidal_embedding_values_and_scale():
   t = jnp.array([0.0, 0.3, 1.0])
   emb = sinusoidal_embedding(t, 16, scale=1000.0)
   chex.assert_shape(emb, (3, 16))
-  chex.assert_trees_all_close(emb[0], jnp.concatenate([jnp.zeros(8), jnp.ones(8)]))
+  chex.assert_trees_all_close(emb[0], jnp.concatenate([jnp.zeros(8), jnp.ones(8)]))  # t = 0
   chex.assert_trees_all_close(emb, sinusoidal_embedding(1000.0 * t, 16), atol=1e-6)
-  chex.assert_trees_all_close(jnp.sum(emb[:, :8]**2 + emb[:, 8:]**2, axis=-1), jnp.full(3, 8.0), rtol=1e-6)
+  chex.assert_trees_all_close(jnp.sum(emb**2, axis=-1), jnp.full(3, 8.0), rtol=1e-6)  # sin^2 + cos^2
   odd = sinusoidal_embedding(t, 7)
   chex.assert_shape(odd, (3, 7))
   chex.assert_trees_all_equal(odd[:, -1], jnp.zeros(3))
@@ -87,31 +132,52 @@ def test_sinusoidal_embedding_values_and_scale():
 
 
 def test_layer_shapes():
-  x = jax.random.normal(KEY, (2, 8, 8, 8))
-  temb = jnp.ones((2, 12))
+  x = jnp.zeros((2, 8, 8, 8))
+  temb = jnp.zeros((2, 12))
   for module, args, out_shape in [
       (ConvBlock(16), (x,), (2, 8, 8, 16)),
       (ConvBlock(16, stride=2), (x,), (2, 4, 4, 16)),
-      (ResBlock(16), (x, temb), (2, 8, 8, 16)),
+      (ResBlock(64), (x, temb), (2, 8, 8, 64)),
+      (ResBlock(16, scale_shift_norm=True), (x, temb), (2, 8, 8, 16)),
       (ResBlock(), (x,), (2, 8, 8, 8)),
       (AttentionBlock(num_heads=2), (x,), (2, 8, 8, 8)),
       (Downsample(), (x,), (2, 4, 4, 8)),
       (Upsample(4), (x,), (2, 16, 16, 4)),
   ]:
-    out, _ = module.init_with_output(KEY, *args)
+    out, _ = jax.eval_shape(module.init_with_output, KEY, *args)
     chex.assert_shape(out, out_shape)
-  res_params = ResBlock(16).init(KEY, x, temb)["params"]
+  res_params = jax.eval_shape(ResBlock(64).init, KEY, x, temb)["params"]
   assert set(res_params) == {"norm1", "conv1", "time_proj", "norm2", "conv2", "skip"}
   with pytest.raises(ValueError, match="must divide"):
-    AttentionBlock(num_heads=3).init(KEY, x)
+    jax.eval_shape(AttentionBlock(num_heads=3).init, KEY, x)
+
+
+def test_resblock_time_conditioning_survives_group_norm():
+  # Additive conditioning needs >= 2 channels per group (64 channels: 32 groups of 2); with one channel
+  # per group GroupNorm removes a per-channel shift exactly, so that configuration is refused.
+  x = normal(0, (2, 4, 4, 64))
+  temb_a, temb_b = jnp.ones((2, 8)), -jnp.ones((2, 8))
+  for block in (ResBlock(64), ResBlock(16, scale_shift_norm=True)):
+    params = jit(block.init)(KEY, x, temb_a)
+    apply = jit(block.apply)
+    assert max_abs(apply(params, x, temb_a) - apply(params, x, temb_b)) > 1e-3
+  with pytest.raises(ValueError, match="scale_shift_norm=True"):
+    jax.eval_shape(ResBlock(32).init, KEY, x, temb_a)
+  additive = dict(SMALL_UNET, scale_shift_norm=False)
+  with pytest.raises(ValueError, match="scale_shift_norm=True"):
+    jax.eval_shape(UNet(**additive).init, KEY, jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)))
 
 
 # --- parameter counts at 001's full size ------------------------------------------------------------
 # GN(c) = 2c; conv kxk (ci -> co) = k^2 ci co + co; Dense(i -> o) = i o + o.
+def _conv3(ci: int, co: int) -> int:
+  return 9 * ci * co + co
+
+
 def _resblock(ci: int, co: int, e: int) -> int:
   """GN(ci) conv3(ci,co) Dense(e,co) GN(co) conv3(co,co) [+ conv1(ci,co) if ci != co]."""
   skip = ci * co + co if ci != co else 0
-  return 2 * ci + (9 * ci * co + co) + (e * co + co) + 2 * co + (9 * co * co + co) + skip
+  return 2 * ci + _conv3(ci, co) + (e * co + co) + 2 * co + _conv3(co, co) + skip
 
 
 def _attention(c: int) -> int:
@@ -120,33 +186,29 @@ def _attention(c: int) -> int:
 
 
 def _unet(b: int, c: int = 4) -> int:
-  """001 section 3.2 with mults (1, 2, 2), 2 ResBlocks per level, attention everywhere (8, 4, 2)."""
+  """001 section 3.2: mults (1, 2, 2), 2 ResBlocks per level, attention at 8, 4, 2 and in the middle."""
   e, c1, c2 = 4 * b, b, 2 * b
-  conv3 = lambda ci, co: 9 * ci * co + co
   time = (b * e + e) + (e * e + e)
-  conv_in = conv3(c, b)
-  down = (2 * (_resblock(c1, c1, e) + _attention(c1)) + conv3(c1, c1)            # 8x8, Downsample
-          + _resblock(c1, c2, e) + _resblock(c2, c2, e) + 2 * _attention(c2) + conv3(c2, c2)  # 4x4
-          + 2 * (_resblock(c2, c2, e) + _attention(c2)))                          # 2x2
+  conv_in = _conv3(c, b)
+  down = (2 * (_resblock(c1, c1, e) + _attention(c1)) + _conv3(c1, c1)                   # 8x8, Downsample
+          + _resblock(c1, c2, e) + _resblock(c2, c2, e) + 2 * _attention(c2) + _conv3(c2, c2)  # 4x4, Down
+          + 2 * (_resblock(c2, c2, e) + _attention(c2)))                                 # 2x2
   mid = 2 * _resblock(c2, c2, e) + _attention(c2)
   # skip channels pushed: [c1 (conv_in), c1, c1, c1 (down), c2, c2, c2 (down), c2, c2], popped in reverse
-  up = (3 * (_resblock(2 * c2, c2, e) + _attention(c2)) + conv3(c2, c2)          # 2x2, Upsample
-        + 2 * _resblock(2 * c2, c2, e) + _resblock(c2 + c1, c2, e) + 3 * _attention(c2) + conv3(c2, c2)
+  up = (3 * (_resblock(2 * c2, c2, e) + _attention(c2)) + _conv3(c2, c2)                 # 2x2, Upsample
+        + 2 * _resblock(2 * c2, c2, e) + _resblock(c2 + c1, c2, e) + 3 * _attention(c2)   # 4x4
+        + _conv3(c2, c2)                                                                  # Upsample
         + _resblock(c2 + c1, c1, e) + 2 * _resblock(2 * c1, c1, e) + 3 * _attention(c1))  # 8x8
-  out = 2 * b + conv3(b, c)
+  out = 2 * b + _conv3(b, c)
   return time + conv_in + down + mid + up + out
 
 
 def _vae(c: int, img: int) -> int:
   """001 section 3.1: ConvBlocks 64, 128 (s2), 256 (s2), 1x1 head to 2c; decoder 256, 128, 64, conv3 out."""
-  block = lambda ci, co: 9 * ci * co + co + 2 * co
+  block = lambda ci, co: _conv3(ci, co) + 2 * co
   encoder = block(img, 64) + block(64, 128) + block(128, 256) + (256 * 2 * c + 2 * c)
-  decoder = block(c, 256) + block(256, 128) + block(128, 64) + (9 * 64 * img + img)
+  decoder = block(c, 256) + block(256, 128) + block(128, 64) + _conv3(64, img)
   return encoder + decoder
-
-
-def _shape_count(module, *args) -> int:
-  return num_params(jax.eval_shape(lambda: module.init(KEY, *args)))
 
 
 @pytest.mark.parametrize("name, module, args, expected, recorded", [
@@ -158,11 +220,11 @@ def _shape_count(module, *args) -> int:
      _unet(128), 27_490_820),
     ("unet base 64", UNet(base_channels=64), (jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,))),
      _unet(64), 6_888_708),
-    # time MLP 16->64->64, 2 x (conv3 + time Dense + GN), head Dense(64 -> 1)
+    # time MLP 16 -> 64 -> 64, 2 x (conv3 + GN + time Dense), head Dense(64 -> 1)
     ("gate example", CriticGate(), (jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,))),
-     (16 * 64 + 64 + 64 * 64 + 64) + (9 * 4 * 64 + 64) + (9 * 64 * 64 + 64) + 2 * (64 * 64 + 64 + 128)
-     + 65, 53_185),
-    # time MLP 256->256->256, Dense 2->256, 3 x (time Dense + Dense), Dense 256->2
+     (16 * 64 + 64 + 64 * 64 + 64) + _conv3(4, 64) + _conv3(64, 64) + 2 * (128 + 64 * 64 + 64) + 65,
+     53_185),
+    # time MLP 256 -> 256 -> 256, Dense 2 -> 256, 3 x (time Dense + Dense), Dense 256 -> 2
     ("mlp", MLPScoreNet(), (jnp.zeros((1, 2)), jnp.zeros((1,))),
      2 * (256 * 256 + 256) + (2 * 256 + 256) + 6 * (256 * 256 + 256) + (256 * 2 + 2), 527_618),
 ])
@@ -170,108 +232,149 @@ def test_full_size_parameter_counts(name, module, args, expected, recorded):
   # 001 states no parameter count; `expected` is derived from its architecture above, `recorded` is the
   # number measured when the models were written (a change of either means the architecture changed).
   assert expected == recorded, name
-  assert _shape_count(module, *args) == expected, name
+  assert num_params(jax.eval_shape(module.init, KEY, *args)) == expected, name
 
 
 # --- VAE ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("latent_channels, img_channels", [(4, 3), (2, 1)])
-def test_vae_shapes_and_decoder_range(latent_channels, img_channels):
-  vae = VAE(latent_channels=latent_channels, out_channels=img_channels, **SMALL_VAE)
-  x = jax.random.uniform(KEY, (2, 32, 32, img_channels), minval=-1.0, maxval=1.0)
-  (mean, logvar, x_hat), params = vae.init_with_output(KEY, x)
-  chex.assert_shape([mean, logvar], (2, 8, 8, latent_channels))
-  chex.assert_shape(x_hat, (2, 32, 32, img_channels))
-  z = 100.0 * jax.random.normal(KEY, (3, 8, 8, latent_channels))  # far out: tanh saturates
-  x_far = vae.apply(params, z, method=VAE.decode)
-  chex.assert_shape(x_far, (3, 32, 32, img_channels))
+@pytest.mark.parametrize("latent_channels, img_channels, size", [(4, 3, (32, 32)), (2, 1, (32, 32)),
+                                                                 (4, 3, (16, 12))])
+def test_vae_shapes(latent_channels, img_channels, size):
+  vae = VAE(latent_channels=latent_channels, out_channels=img_channels, channels=(8, 16, 32))
+  x = jnp.zeros((2, *size, img_channels))
+  (mean, logvar, x_hat), _ = jax.eval_shape(vae.init_with_output, KEY, x)
+  latent = (2, size[0] // 4, size[1] // 4, latent_channels)  # only divisibility by 4 is required
+  chex.assert_shape([mean, logvar], latent)
+  chex.assert_shape(x_hat, x.shape)
+
+
+@pytest.fixture(scope="module")
+def small_vae():
+  """A small Fashion-MNIST-like VAE (C = 2, one image channel), its params and jitted encode / decode."""
+  vae = VAE(**SMALL_VAE)
+  x = jnp.tanh(normal(0, (2, 32, 32, 1)))
+  params = jit(vae.init)(KEY, x)
+  encode = jit(functools.partial(vae.apply, method=VAE.encode))
+  decode = jit(functools.partial(vae.apply, method=VAE.decode))
+  return vae, x, params, encode, decode
+
+
+def test_vae_decoder_range(small_vae):
+  _, _, params, _, decode = small_vae
+  z = normal(1, (2, 8, 8, 2), 100.0)  # far out: tanh saturates
+  x_far = decode(params, z)
+  chex.assert_shape(x_far, (2, 32, 32, 1))
   chex.assert_tree_all_finite(x_far)
-  assert float(jnp.max(jnp.abs(x_far))) <= 1.0
-  # a 16x16 input gives a 4x4 latent: only divisibility by 4 is required
-  mean16, _ = vae.apply(params, x[:, :16, :16], method=VAE.encode)
-  chex.assert_shape(mean16, (2, 4, 4, latent_channels))
+  assert max_abs(x_far) <= 1.0
+  assert max_abs(x_far) > 0.99  # saturated: the bound is tanh's, not that of small weights
 
 
-def test_vae_logvar_floor_is_respected_and_keeps_gradient():
-  min_logvar = -10.0
-  vae = VAE(latent_channels=2, out_channels=1, min_logvar=min_logvar, **SMALL_VAE)
-  x = jax.random.uniform(KEY, (2, 32, 32, 1), minval=-1.0, maxval=1.0)
-  params = vae.init(KEY, x)
-  head_bias = ("params", "enc_head", "bias")
-  # push the raw logvar (second half of the head's outputs) 15 below the floor
-  params = replace_leaf(params, head_bias, lambda b: b.at[2:].set(min_logvar - 15.0))
-
-  def total_logvar(p):
-    return jnp.sum(vae.apply(p, x, method=VAE.encode)[1])
-
-  _, logvar = vae.apply(params, x, method=VAE.encode)
+def test_vae_logvar_floor_is_respected_and_keeps_gradient(small_vae):
+  vae, x, params, encode, _ = small_vae
+  min_logvar = vae.min_logvar
+  # push the raw logvar (second half of the head's outputs) about 15 below the floor
+  low = replace_leaf(params, ("params", "enc_head", "bias"), lambda b: b.at[2:].set(min_logvar - 15.0))
+  _, logvar = encode(low, x)
   assert float(jnp.min(logvar)) >= min_logvar
   assert float(jnp.max(logvar)) < min_logvar + 1e-3  # pinned at the floor
-  grad_bias = jax.grad(total_logvar)(params)["params"]["enc_head"]["bias"][2:]
+  total_logvar = lambda p: jnp.sum(vae.apply(p, x, method=VAE.encode)[1])
+  grads = jit(jax.grad(total_logvar))(low)
   # d logvar / d raw = sigmoid(raw - min_logvar) ~ e^-15 ~ 3e-7 per element: small, never zero
-  assert bool(jnp.all(grad_bias > 0.0))
-  # above the floor, logvar follows the raw value (softplus(x) = x + log1p(e^-x))
-  params = replace_leaf(params, head_bias, lambda b: b.at[2:].set(3.0))
-  _, logvar_high = vae.apply(params, x, method=VAE.encode)
-  unfloored = VAE(latent_channels=2, out_channels=1, min_logvar=None, **SMALL_VAE)
-  _, raw = unfloored.apply(params, x, method=VAE.encode)
-  chex.assert_trees_all_close(logvar_high, min_logvar + jax.nn.softplus(raw - min_logvar), rtol=1e-6)
-  chex.assert_trees_all_close(logvar_high, raw, atol=1e-4)  # raw - min_logvar >~ 10: log1p(e^-10) < 5e-5
+  assert bool(jnp.all(grads["params"]["enc_head"]["bias"][2:] > 0.0))
+
+
+def test_soft_floor():
+  raw = jnp.array([-200.0, -30.0, -10.0, 0.0, 5.0, 50.0])
+  floored = soft_floor(raw, -10.0)
+  assert bool(jnp.all(floored >= -10.0))
+  chex.assert_trees_all_close(floored[3:], raw[3:], atol=1e-4)  # softplus(r) - r = log1p(e^-r) < 5e-5
+  chex.assert_trees_all_close(floored[2], -10.0 + jnp.log(2.0))
+  slope = jax.vmap(jax.grad(lambda r: soft_floor(r, -10.0)))(raw)
+  chex.assert_trees_all_close(slope, jax.nn.sigmoid(raw + 10.0))
+  assert bool(jnp.all(slope[1:] > 0.0))  # sigmoid(-190) underflows float32; sigmoid(-20) does not
 
 
 def test_vae_input_checks():
   vae = VAE(**SMALL_VAE)
-  params = vae.init(KEY, jnp.zeros((1, 32, 32, 3)))
+  params = jax.eval_shape(vae.init, KEY, jnp.zeros((1, 32, 32, 1)))
+  encode = functools.partial(vae.apply, method=VAE.encode)
+  decode = functools.partial(vae.apply, method=VAE.decode)
   with pytest.raises(ValueError, match="rank 4"):
-    vae.apply(params, jnp.zeros((32, 32, 3)), method=VAE.encode)
+    jax.eval_shape(encode, params, jnp.zeros((32, 32, 1)))
   with pytest.raises(ValueError, match="divisible by 4"):
-    vae.apply(params, jnp.zeros((1, 30, 32, 3)), method=VAE.encode)
-  with pytest.raises(ValueError, match="expected 4 channels"):
-    vae.apply(params, jnp.zeros((1, 8, 8, 3)), method=VAE.decode)
+    jax.eval_shape(encode, params, jnp.zeros((1, 30, 32, 1)))
+  with pytest.raises(ValueError, match="expected 1 channels"):
+    jax.eval_shape(encode, params, jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match="expected 2 channels"):
+    jax.eval_shape(decode, params, jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="rank 4"):
-    vae.apply(params, jnp.zeros((8, 8, 4)), method=VAE.decode)
+    jax.eval_shape(decode, params, jnp.zeros((8, 8, 2)))
 
 
 # --- UNet -----------------------------------------------------------------------------------------------
-def test_unet_shapes_zero_init_and_time_dependence():
-  unet = UNet(**SMALL_UNET)
-  z = jax.random.normal(KEY, (2, 8, 8, 4))
-  t_early, t_late = jnp.array([0.1, 0.1]), jnp.array([0.9, 0.9])
-  eps, params = unet.init_with_output(KEY, z, t_early)
-  chex.assert_shape(eps, z.shape)
-  chex.assert_trees_all_equal(eps, jnp.zeros_like(z))  # zero-initialised last conv
-  params = perturb(params, ("params", "conv_out", "kernel"), jax.random.PRNGKey(1))
-  apply = jax.jit(unet.apply)
-  eps_early, eps_late = apply(params, z, t_early), apply(params, z, t_late)
-  chex.assert_tree_all_finite([eps_early, eps_late])
-  assert float(jnp.max(jnp.abs(eps_early - eps_late))) > 1e-4
-  grads = jax.grad(lambda p: jnp.sum(unet.apply(p, z, t_early) ** 2))(params)
-  for path, leaf in jax.tree_util.tree_leaves_with_path(grads["params"]["time_embed"]):
-    assert float(global_norm(leaf)) > 0.0, jax.tree_util.keystr(path)
-  # a scalar t broadcasts; out_channels changes the output width
-  chex.assert_trees_all_close(apply(params, z, jnp.float32(0.1)), eps_early)
-  eps3, _ = UNet(out_channels=3, **SMALL_UNET).init_with_output(KEY, z, t_early)
-  chex.assert_shape(eps3, (2, 8, 8, 3))
-
-
-def test_unet_dropout_only_in_training():
+@pytest.fixture(scope="module")
+def small_unet():
+  """A small UNet with dropout, random params (`random_params`: init itself is tested below on a smaller
+  one), a batch that holds one latent twice, at two times (examples are independent), and its jitted
+  apply (one compile per value of `train`, shared by the tests)."""
   unet = UNet(dropout=0.5, **SMALL_UNET)
-  z, t = jax.random.normal(KEY, (2, 8, 8, 4)), jnp.array([0.5, 0.5])
-  params = perturb(unet.init(KEY, z, t), ("params", "conv_out", "kernel"), jax.random.PRNGKey(1))
-  eval_a, eval_b = unet.apply(params, z, t), unet.apply(params, z, t, train=False)
-  chex.assert_trees_all_equal(eval_a, eval_b)
-  train = unet.apply(params, z, t, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
-  chex.assert_shape(train, z.shape)
-  assert float(jnp.max(jnp.abs(train - eval_a))) > 1e-4
+  z1 = normal(0, (1, 8, 8, 4))
+  z = jnp.concatenate([z1, z1])
+  t = jnp.array([0.1, 0.9])
+  return unet, z, t, random_params(unet, z, t), jit(unet.apply, static_argnames="train")
+
+
+def test_unet_init_and_shapes(small_unet):
+  unet, z, t, params, _ = small_unet
+  # real init on a one-level UNet (a compiled init costs ~0.3 s per conv on this CPU): the last conv is
+  # zero, so eps_hat = 0 at init
+  tiny = UNet(base_channels=16, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(),
+              scale_shift_norm=True)
+  tiny_params = jit(tiny.init)(KEY, z, t)["params"]
+  assert max_abs(tiny_params["conv_out"]) == 0.0
+  assert max_abs(tiny_params["conv_in"]["kernel"]) > 0.0
+  wide = jax.eval_shape(UNet(out_channels=3, **SMALL_UNET).init_with_output, KEY, z, t)[0]
+  chex.assert_shape(wide, (2, 8, 8, 3))
+  bigger = jax.eval_shape(unet.apply, params, jnp.zeros((3, 16, 12, 4)), jnp.float32(0.5))
+  chex.assert_shape(bigger, (3, 16, 12, 4))  # any H, W divisible by 2; a scalar t broadcasts
+
+
+def test_unet_output_depends_on_time(small_unet):
+  unet, z, t, params, apply = small_unet
+  eps = apply(params, z, t, train=False)
+  chex.assert_shape(eps, z.shape)
+  chex.assert_tree_all_finite(eps)
+  assert max_abs(eps[0] - eps[1]) > 1e-3  # the same latent at t = 0.1 and t = 0.9
+  # and the time-embedding MLP gets a gradient (the other parameters held fixed)
+  def loss(time_params):
+    p = {"params": {**params["params"], "time_embed": time_params}}
+    return jnp.sum(unet.apply(p, z, t) ** 2)
+
+  grads = jit(jax.grad(loss))(params["params"]["time_embed"])
+  for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
+    assert max_abs(leaf) > 0.0, jax.tree_util.keystr(path)
+
+
+def test_unet_dropout_only_in_training(small_unet):
+  _, z, t, params, apply = small_unet
+  eval_out = apply(params, z, t, train=False)
+  train_a = apply(params, z, t, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  train_b = apply(params, z, t, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  chex.assert_trees_all_equal(eval_out, apply(params, z, t, train=False))
+  chex.assert_shape(train_a, z.shape)
+  assert max_abs(train_a - train_b) > 1e-4  # the dropout masks differ
+  assert max_abs(train_a - eval_out) > 1e-4
 
 
 def test_unet_input_checks():
-  unet = UNet(**SMALL_UNET)
+  init = UNet(**SMALL_UNET).init
   with pytest.raises(ValueError, match="rank 4"):
-    unet.init(KEY, jnp.zeros((8, 8, 4)), jnp.zeros((1,)))
+    jax.eval_shape(init, KEY, jnp.zeros((8, 8, 4)), jnp.zeros((1,)))
+  with pytest.raises(ValueError, match="divisible by 2"):
+    jax.eval_shape(init, KEY, jnp.zeros((1, 5, 8, 4)), jnp.zeros((1,)))
   with pytest.raises(ValueError, match="divisible by 4"):
-    unet.init(KEY, jnp.zeros((1, 6, 8, 4)), jnp.zeros((1,)))
+    jax.eval_shape(UNet().init, KEY, jnp.zeros((1, 6, 8, 4)), jnp.zeros((1,)))
   with pytest.raises(ValueError, match="t must have shape \\(2,\\)"):
-    unet.init(KEY, jnp.zeros((2, 8, 8, 4)), jnp.zeros((3,)))
+    jax.eval_shape(init, KEY, jnp.zeros((2, 8, 8, 4)), jnp.zeros((3,)))
 
 
 # --- critic gate ------------------------------------------------------------------------------------
@@ -283,53 +386,55 @@ GATE_CASES = [((2, 8, 8, 4), "example", (2, 1, 1, 1)), ((2, 8, 8, 4), "channel",
 @pytest.mark.parametrize("z_shape, granularity, g_shape", GATE_CASES)
 def test_gate_shape_range_and_start(z_shape, granularity, g_shape):
   init_logit = 2.0
-  gate = CriticGate(granularity=granularity, init_logit=init_logit, **SMALL_GATE)
-  z = 3.0 * jax.random.normal(KEY, z_shape)
-  t = jnp.linspace(0.01, 0.99, z_shape[0])
-  g, params = gate.init_with_output(KEY, z, t)
+  gate = CriticGate(granularity=granularity, init_logit=init_logit, hidden_channels=16, num_layers=1)
+  z = normal(0, z_shape, 3.0)
+  t = jnp.asarray(np.linspace(0.01, 0.99, z_shape[0]), jnp.float32)
+  g, params = jit(gate.init_with_output)(KEY, z, t)
   chex.assert_shape(g, g_shape)
   # zero head kernel: g = sigmoid(init_logit) for every input, to float32 rounding
   chex.assert_trees_all_close(g, jnp.full(g_shape, jax.nn.sigmoid(init_logit)), atol=1e-6)
-  params = perturb(params, ("params", "head", "kernel"), jax.random.PRNGKey(1), scale=10.0)
-  g = gate.apply(params, z, t)
-  assert 0.0 <= float(jnp.min(g)) and float(jnp.max(g)) <= 1.0
-  assert float(jnp.std(g)) > 0.0  # now depends on the input
+  apply = jit(gate.apply)
+  for scale in (0.3, 100.0):  # a moderate head, then one that saturates the sigmoid
+    g = apply(perturb(params, ("params", "head", "kernel"), 1, scale), z, t)
+    chex.assert_tree_all_finite(g)
+    assert 0.0 <= float(jnp.min(g)) and float(jnp.max(g)) <= 1.0
+    if scale < 1.0:
+      assert float(jnp.std(g)) > 1e-4  # now depends on the input
 
 
 @pytest.mark.parametrize("z_shape", [(2, 8, 8, 4), (5, 3)])
 def test_gate_receives_gradients(z_shape):
   gate = CriticGate(granularity="element", **SMALL_GATE)
-  z = jax.random.normal(KEY, z_shape)
-  t = jnp.linspace(0.01, 0.99, z_shape[0])
-  target = jax.random.normal(jax.random.PRNGKey(3), z_shape)
-  params = gate.init(KEY, z, t)
-  loss = lambda p: jnp.mean((gate.apply(p, z, t) - 0.5 * target) ** 2)
-  # at init only the head sees a gradient (its zero kernel blocks the rest) ...
-  head_grads = jax.grad(loss)(params)["params"]["head"]
-  assert all(float(jnp.max(jnp.abs(leaf))) > 0.0 for leaf in jax.tree.leaves(head_grads))
+  z = normal(0, z_shape)
+  t = jnp.asarray(np.linspace(0.01, 0.99, z_shape[0]), jnp.float32)
+  target = jnp.asarray(np.random.default_rng(3).uniform(size=z_shape), jnp.float32)
+  params = jit(gate.init)(KEY, z, t)
+  grad_fn = jit(jax.grad(lambda p: jnp.mean((gate.apply(p, z, t) - target) ** 2)))
+  # at init only the head gets a gradient (its zero kernel blocks the rest) ...
+  head_grads = grad_fn(params)["params"]["head"]
+  assert all(max_abs(leaf) > 0.0 for leaf in jax.tree.leaves(head_grads))
   # ... once the head is nonzero, every parameter, time embedding included, gets one
-  params = perturb(params, ("params", "head", "kernel"), jax.random.PRNGKey(1))
-  grads = jax.grad(loss)(params)
+  grads = grad_fn(perturb(params, ("params", "head", "kernel"), 1))
   for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
-    assert float(jnp.max(jnp.abs(leaf))) > 0.0, jax.tree_util.keystr(path)
+    assert max_abs(leaf) > 0.0, jax.tree_util.keystr(path)
 
 
 def test_gate_input_checks():
   z, t = jnp.zeros((2, 8, 8, 4)), jnp.zeros((2,))
-  with pytest.raises(ValueError, match="granularity"):
-    CriticGate(granularity="pixel").init(KEY, z, t)
-  with pytest.raises(ValueError, match="rank 4"):
-    CriticGate().init(KEY, jnp.zeros((2, 8, 4)), t)
   assert GRANULARITIES == ("example", "channel", "element")
+  with pytest.raises(ValueError, match="granularity"):
+    jax.eval_shape(CriticGate(granularity="pixel").init, KEY, z, t)
+  with pytest.raises(ValueError, match="rank 4"):
+    jax.eval_shape(CriticGate().init, KEY, jnp.zeros((2, 8, 4)), t)
 
 
 # --- MLP ------------------------------------------------------------------------------------------------
 def test_mlp_score_net_shape_and_time_dependence():
   net = MLPScoreNet(hidden=32, num_layers=2)
-  z = jax.random.normal(KEY, (7, 2))
-  eps, params = net.init_with_output(KEY, z, jnp.full((7,), 0.1))
-  chex.assert_shape(eps, (7, 2))
-  eps_late = net.apply(params, z, jnp.full((7,), 0.9), train=True)
-  assert float(jnp.max(jnp.abs(eps - eps_late))) > 1e-4
+  z1 = normal(0, (4, 2))
+  z, t = jnp.concatenate([z1, z1]), jnp.repeat(jnp.array([0.1, 0.9]), 4)  # each point at two times
+  eps, _ = jit(net.init_with_output)(KEY, z, t)
+  chex.assert_shape(eps, (8, 2))
+  assert max_abs(eps[:4] - eps[4:]) > 1e-4
   with pytest.raises(ValueError, match="rank 2"):
-    net.init(KEY, jnp.zeros((2, 8, 8, 4)), jnp.zeros((2,)))
+    jax.eval_shape(net.init, KEY, jnp.zeros((2, 8, 8, 4)), jnp.zeros((2,)))

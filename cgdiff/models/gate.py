@@ -11,7 +11,9 @@ init (0.88 for the default 2.0), the same for every input.
 Network, for image latents (B, H, W, C) (convs) and for toy vectors (B, D) (Dense layers):
 
     temb = TimeEmbedding(hidden, time_embed_dim, time_scale)(t)        (B, hidden)
-    num_layers x  h = SiLU(GroupNorm(conv3x3(h) + Dense(SiLU(temb))))     (rank 2: no norm, Dense)
+    num_layers x  h = SiLU(GroupNorm(conv3x3(h)) + Dense(SiLU(temb)))     (rank 2: no norm, Dense)
+
+(time is added after the norm, so a GroupNorm with one channel per group cannot erase it)
     head by granularity:
       "example": mean over H, W -> Dense(1)   -> (B, 1, 1, 1)    rank 2: Dense(1) -> (B, 1)
       "channel": mean over H, W -> Dense(C)   -> (B, 1, 1, C)    rank 2: as "element"
@@ -81,9 +83,8 @@ class CriticGate(nn.Module):
     h = z
     if z.ndim == 4:
       for i in range(self.num_layers):
-        h = conv3x3(self.hidden_channels, name=f"conv{i}")(h)
-        h = h + nn.Dense(self.hidden_channels, name=f"time_proj{i}")(temb)[:, None, None, :]
-        h = nn.silu(GroupNorm(name=f"norm{i}")(h))
+        h = GroupNorm(name=f"norm{i}")(conv3x3(self.hidden_channels, name=f"conv{i}")(h))
+        h = nn.silu(h + nn.Dense(self.hidden_channels, name=f"time_proj{i}")(temb)[:, None, None, :])
       if self.granularity == "element":
         logit = nn.Conv(features, (1, 1), name="head", **head_init)(h)             # (B, H, W, C)
       else:

@@ -14,12 +14,16 @@ For the defaults on a (B, 8, 8, 4) latent (base 128, mults (1, 2, 2), 2 ResBlock
            level 0: 3 x [concat skip, ResBlock 128 + Attn]
     out:   GroupNorm, SiLU, conv3x3 -> C (zero-initialised: eps_hat = 0 at init)
 
+ResBlocks add the time embedding as a per-channel shift before their second GroupNorm (001's sketch);
+with scale_shift_norm=True they scale and shift after it instead (improved-diffusion's option, needed
+when a level has <= 32 channels: one channel per group would erase a shift, see layers.ResBlock).
 Attention is applied wherever the feature map's height is in `attention_resolutions` (plus always in the
 middle block, as in improved-diffusion). Time is continuous (a float per example, MATH.md section 1).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -45,6 +49,8 @@ class UNet(nn.Module):
     time_scale: t is multiplied by it before the sinusoidal embedding (1000: DDPM step units).
     out_channels: output channels; None means those of the input.
     zero_init_out: zero-initialise the last conv (eps_hat = 0 at init).
+    scale_shift_norm: time conditioning by scale and shift after the ResBlocks' second GroupNorm
+      (improved-diffusion's option; required when a level has <= 32 channels, see ResBlock).
   """
 
   base_channels: int = 128
@@ -56,6 +62,7 @@ class UNet(nn.Module):
   time_scale: float = 1000.0
   out_channels: int | None = None
   zero_init_out: bool = True
+  scale_shift_norm: bool = False
 
   @nn.compact
   def __call__(self, z: Array, t: Array, train: bool = False) -> Array:
@@ -75,6 +82,7 @@ class UNet(nn.Module):
     check_image_batch("UNet input z", z, 2 ** (num_levels - 1))
     t = broadcast_time(t, z.shape[0])
     attn_res = set(self.attention_resolutions)
+    res_block = functools.partial(ResBlock, dropout=self.dropout, scale_shift_norm=self.scale_shift_norm)
 
     temb = TimeEmbedding(4 * self.base_channels, self.base_channels, self.time_scale,
                          name="time_embed")(t)                                    # (B, 4 base)
@@ -83,7 +91,7 @@ class UNet(nn.Module):
     res = z.shape[1]
     for level, mult in enumerate(self.channel_mults):
       for i in range(self.num_res_blocks):
-        h = ResBlock(self.base_channels * mult, self.dropout, name=f"down{level}_res{i}")(h, temb, train)
+        h = res_block(self.base_channels * mult, name=f"down{level}_res{i}")(h, temb, train)
         if res in attn_res:
           h = AttentionBlock(self.num_heads, name=f"down{level}_attn{i}")(h)
         skips.append(h)
@@ -92,15 +100,15 @@ class UNet(nn.Module):
         skips.append(h)
         res //= 2
 
-    h = ResBlock(dropout=self.dropout, name="mid_res0")(h, temb, train)
+    h = res_block(name="mid_res0")(h, temb, train)
     h = AttentionBlock(self.num_heads, name="mid_attn")(h)
-    h = ResBlock(dropout=self.dropout, name="mid_res1")(h, temb, train)
+    h = res_block(name="mid_res1")(h, temb, train)
 
     for level in reversed(range(num_levels)):
       mult = self.channel_mults[level]
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = ResBlock(self.base_channels * mult, self.dropout, name=f"up{level}_res{i}")(h, temb, train)
+        h = res_block(self.base_channels * mult, name=f"up{level}_res{i}")(h, temb, train)
         if res in attn_res:
           h = AttentionBlock(self.num_heads, name=f"up{level}_attn{i}")(h)
       if level != 0:

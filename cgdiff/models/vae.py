@@ -83,12 +83,12 @@ class VAE(nn.Module):
     """Posterior parameters of q(z | x).
 
     Args:
-      x: (B, H, W, C_img) images in [-1, 1]; H and W divisible by `downsample_factor`.
+      x: (B, H, W, out_channels) images in [-1, 1]; H and W divisible by `downsample_factor`.
 
     Returns:
       mean, logvar: each (B, H / f, W / f, latent_channels), f = downsample_factor; logvar floored.
     """
-    check_image_batch("VAE.encode input x", x, self.downsample_factor)
+    check_image_batch("VAE.encode input x", x, self.downsample_factor, channels=self.out_channels)
     h = x
     for block in self.enc_blocks:
       h = block(h)
@@ -119,7 +119,7 @@ class VAE(nn.Module):
     """(mean, logvar, decode(mean)): a deterministic pass through every parameter (use it to init).
 
     Args:
-      x: (B, H, W, C_img).
+      x: (B, H, W, out_channels).
 
     Returns:
       mean, logvar: (B, H / f, W / f, latent_channels); x_hat: (B, H, W, out_channels).

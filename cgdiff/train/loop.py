@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cgdiff.train import checkpoint, step as step_lib, writers
 from cgdiff.train.state import TrainState, create_state, make_optimizer
@@ -51,6 +52,19 @@ def _device_batch(batch: Any, num_devices: int) -> Any:
   return jax.tree.map(split, batch)
 
 
+def replicate(tree: Any, axis_name: str = "batch") -> Any:
+  """One copy of `tree` per local device, sharded the way jax.pmap(axis_name=...) returns its outputs.
+
+  (flax.jax_utils.replicate uses another mesh axis name, so the second step would see new input
+  shardings and compile the whole step again.)
+  """
+  devices = jax.local_devices()
+  sharding = NamedSharding(Mesh(np.array(devices), (axis_name,)), PartitionSpec(axis_name))
+  return jax.tree.map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), sharding),
+      tree)
+
+
 def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any], *,
           optimizer: ml_collections.ConfigDict, loop: TrainLoopConfig, workdir: str,
           key: jax.Array) -> TrainState:
@@ -78,7 +92,7 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
   p_step = jax.pmap(step_lib.make_train_step(loss_fn, tx, ema_decay=loop.ema_decay),
                     axis_name="batch", in_axes=(0, 0, 0, None), donate_argnums=(0,))
   writer = writers.create_writer(workdir, tensorboard=loop.tensorboard, quiet=jax.process_index() > 0)
-  replicated = flax.jax_utils.replicate(state)
+  replicated = replicate(state)
   pending: list[tuple[int, dict]] = []
   last_time, last_step, first_time = time.perf_counter(), start, None
   global_size = 0

@@ -15,10 +15,6 @@ Array = jax.Array
 LossFn = Callable[[Any, Any, Array], tuple[Array, dict[str, Array]]]
 
 
-def _all_finite(tree) -> Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def _reduce_metrics(metrics: dict[str, Array], axis_name: str) -> dict[str, Array]:
   """Means across devices, except *_min / *_max, which take the min / max."""
   out = {}
@@ -48,9 +44,11 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, ema_de
     keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(example_ids)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, keys)
     grads = jax.lax.pmean(grads, axis_name)
-    metrics = _reduce_metrics({"loss": loss, **metrics}, axis_name)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
+    metrics = _reduce_metrics({**metrics, "loss": loss}, axis_name)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    # A NaN or inf anywhere in the gradients makes their norm non-finite. (A per-leaf isfinite check
+    # says the same but triples the XLA compile time of a UNet step on CPU.)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,

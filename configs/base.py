@@ -1,0 +1,85 @@
+"""Defaults shared by every image configuration: 001's CIFAR-10 recipe at full size.
+
+Groups: data, schedule, vae, stats, score_net, gate, ldm, cotrain, sample. Each experiment's config
+starts from this and overrides what differs; every knob is read in one place in experiments/.
+"""
+
+import ml_collections
+
+
+def training(**overrides) -> ml_collections.ConfigDict:
+  """A `training` group: batch, steps, optimizer (optax AdamW + clipping), EMA, logging, checkpoints."""
+  config = ml_collections.ConfigDict({
+      "batch_size": 128,
+      "num_steps": 1000,
+      "learning_rate": 2e-4,
+      "warmup_steps": 0,
+      "lr_schedule": "constant",  # or "cosine" (decay to 0 at num_steps, after the warm-up)
+      "b1": 0.9,
+      "b2": 0.999,
+      "weight_decay": 0.0,
+      "grad_clip": 1.0,
+      "ema_decay": 0.0,  # 0: the EMA is the parameters
+      "log_every": 100,
+      "checkpoint_every": 5000,
+      "keep_checkpoints": 3,
+      "tensorboard": True,
+  })
+  config.update(overrides)
+  return config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.stages = ("vae", "stats", "ldm", "sample")
+
+  config.data = ml_collections.ConfigDict({
+      "name": "cifar10",  # "cifar10" | "fashion_mnist" | "synthetic" | "toy2d"
+      "data_dir": ml_collections.FieldReference(None, field_type=str),
+      "kwargs": ml_collections.ConfigDict({"download": False}),
+      "image_shape": (32, 32, 3),
+  })
+
+  config.schedule = ml_collections.ConfigDict(
+      {"name": "cosine", "kwargs": ml_collections.ConfigDict({"t_min": 1e-3, "t_max": 0.995})})
+
+  # 001 section 3.1: 32x32 -> 8x8x4, small KL weight, Adam 2e-4, batch 128, 200 epochs (78k steps).
+  config.vae = ml_collections.ConfigDict({
+      "model": ml_collections.ConfigDict({"latent_channels": 4, "out_channels": 3,
+                                          "channels": (64, 128, 256), "num_latent_res_blocks": 0,
+                                          "min_logvar": -10.0}),
+      "kl": "regular",
+      "kl_weight": 1e-3,
+      "training": training(num_steps=78_000),
+  })
+  config.stats = ml_collections.ConfigDict({"vae_source": "vae"})
+
+  # 001 section 3.2.
+  config.score_net = ml_collections.ConfigDict({
+      "kind": "unet", "base_channels": 128, "channel_mults": (1, 2, 2), "num_res_blocks": 2,
+      "attention_resolutions": (8, 4, 2), "num_heads": 4, "dropout": 0.0, "time_scale": 1000.0,
+      "scale_shift_norm": False})
+  config.gate = ml_collections.ConfigDict({
+      "granularity": "example", "hidden_channels": 128, "num_layers": 2, "time_embed_dim": 16,
+      "init_logit": 2.0})
+
+  # 001 sections 5.6-5.7: AdamW 2e-4, weight decay 1e-4, clipping 1, EMA, ~200 epochs.
+  config.ldm = ml_collections.ConfigDict({
+      "target": "critic_gate",  # "tweedie" | "lsi" | "critic_gate" | "critic_gate_prior" (biased)
+      "vae_source": "vae",  # the frozen VAE: "vae" (two-stage) or "cotrain" (002's row (b))
+      "training": training(num_steps=78_000, weight_decay=1e-4, warmup_steps=10_000,
+                           lr_schedule="cosine", ema_decay=0.9999),
+  })
+
+  # 002 Algorithm 1.
+  config.cotrain = ml_collections.ConfigDict({
+      "kl": "modified", "kl_weight": 1e-3, "score_target": "lsi", "score_weight": 1.0,
+      "stiffness_weight": 0.0, "encoder_score_gradient": True,
+      "training": training(num_steps=78_000, weight_decay=1e-4, ema_decay=0.999),
+  })
+
+  config.sample = ml_collections.ConfigDict({
+      "score_source": "ldm",  # "ldm" or "cotrain"
+      "method": "heun_pc", "num_steps": 50, "num_samples": 64, "batch_size": 64})
+  return config

@@ -1,0 +1,150 @@
+"""What the stages share: data, networks and their parameters, posterior data sets, batching.
+
+Workdir layout: <workdir>/<stage>/ holds a stage's checkpoints/, metrics.jsonl and TensorBoard
+events (vae/, ldm/, cotrain/), stats/ the latent statistics, samples/ the samples and their records.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from cgdiff import schedules
+from cgdiff.data import pipeline, toy2d
+from cgdiff.models import build
+from cgdiff.train import TrainLoopConfig, create_state, make_optimizer
+from cgdiff.train import checkpoint
+
+TOY = "toy2d"
+
+
+def stage_dir(workdir: str, stage: str) -> str:
+  return os.path.join(workdir, stage)
+
+
+def schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
+  return schedules.make(config.schedule.name, **config.schedule.kwargs)
+
+
+def train_images(config: ml_collections.ConfigDict, split: str = "train") -> np.ndarray:
+  """float32 [N, 32, 32, C] in [-1, 1] of config.data (not for the 2-D toy)."""
+  data = config.data
+  kwargs = dict(data.get("kwargs", {}))
+  images = pipeline.load_images(data.name, split, data_dir=data.get("data_dir"), **kwargs)
+  logging.info("data %s/%s: %s", data.name, split, images.shape)
+  return images
+
+
+def batch_fn(data: Any, batch_size: int, seed: int) -> Callable[[int], Any]:
+  """step -> the global batch of `step` (a shuffled slice of every array in `data`, same rows)."""
+  n = jax.tree.leaves(data)[0].shape[0]
+  batcher = pipeline.Batcher(np.arange(n), batch_size, seed)
+  return lambda step: jax.tree.map(lambda x: x[batcher.indices(step)], data)
+
+
+def loop_config(training: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, TrainLoopConfig]:
+  """(optimizer group, loop settings) of a stage's `training` group."""
+  return training, TrainLoopConfig.from_config(training)
+
+
+def init_vae(config: ml_collections.ConfigDict, key: jax.Array, image_shape: tuple[int, ...]):
+  module = build.vae(config.vae.model)
+  params = build.init(module, key, jnp.zeros((1,) + tuple(image_shape)))
+  return module, params
+
+
+def init_score_net(config: ml_collections.ConfigDict, key: jax.Array, latent_shape: tuple[int, ...]):
+  module = build.score_net(config.score_net)
+  params = build.init(module, key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)))
+  return module, params
+
+
+def init_gate(config: ml_collections.ConfigDict, key: jax.Array, latent_shape: tuple[int, ...]):
+  module = build.gate(config.gate)
+  params = build.init(module, key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)))
+  return module, params
+
+
+def init_ldm(config: ml_collections.ConfigDict, latent_shape):
+  """(score network, gate or None, {"score": ..., ["gate": ...]}) of the `ldm` stage."""
+  key_score, key_gate = jax.random.split(jax.random.PRNGKey(config.seed + 2))
+  score_net, score_params = init_score_net(config, key_score, latent_shape)
+  params, gate = {"score": score_params}, None
+  if config.ldm.target in ("critic_gate", "critic_gate_prior"):
+    gate, params["gate"] = init_gate(config, key_gate, latent_shape)
+  return score_net, gate, params
+
+
+def restore_ema_params(init_params: Any, training: ml_collections.ConfigDict, directory: str) -> Any:
+  """The EMA parameters of the finished run in `directory` (its latest checkpoint)."""
+  like = create_state(init_params, make_optimizer(training, training.num_steps))
+  ckpt_dir = os.path.join(directory, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}: run the stage that trains it first.")
+  return checkpoint.restore_params(ckpt_dir, like, ema=True)
+
+
+def trained_vae(config: ml_collections.ConfigDict, workdir: str, source: str, image_shape):
+  """(module, params) of the VAE trained by stage `source` ('vae' or 'cotrain')."""
+  key_vae, key_score = jax.random.split(jax.random.PRNGKey(config.seed))
+  module, params = init_vae(config, key_vae, image_shape)
+  if source == "vae":
+    return module, restore_ema_params(params, config.vae.training, stage_dir(workdir, "vae"))
+  if source == "cotrain":
+    latent_shape = latent_shape_of(module, image_shape)
+    _, score_params = init_score_net(config, key_score, latent_shape)
+    both = restore_ema_params({"vae": params, "score": score_params}, config.cotrain.training,
+                              stage_dir(workdir, "cotrain"))
+    return module, both["vae"]
+  raise ValueError(f"unknown VAE source {source!r}; expected 'vae' or 'cotrain'.")
+
+
+def latent_shape_of(vae_module, image_shape) -> tuple[int, ...]:
+  factor = vae_module.downsample_factor
+  return (image_shape[0] // factor, image_shape[1] // factor, vae_module.latent_channels)
+
+
+def encode_all(vae_module, params, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+  """Posterior parameters (mean, logvar) [N, h, w, C] of every image, in batches."""
+  encode = jax.jit(lambda x: vae_module.apply(params, x, method=vae_module.encode))
+  means, logvars = [], []
+  for start in range(0, images.shape[0], batch_size):
+    mean, logvar = jax.device_get(encode(images[start:start + batch_size]))
+    means.append(mean)
+    logvars.append(logvar)
+  return np.concatenate(means), np.concatenate(logvars)
+
+
+@functools.lru_cache(maxsize=4)
+def _toy_field(depth: int, components_per_branch: int, seed: int, data_std: float):
+  return toy2d.fractal_tree_field(depth, components_per_branch, seed, data_std)
+
+
+def toy_field(config: ml_collections.ConfigDict):
+  """(means [K, 2], logvars [K, 2], log_weights [K]) of the 2-D toy."""
+  field = config.data.field
+  return _toy_field(field.depth, field.components_per_branch, field.seed, field.data_std)
+
+
+def posterior_dataset(config: ml_collections.ConfigDict, workdir: str, vae_source: str):
+  """The posteriors the latent diffusion model learns the aggregate of: (mean, logvar) [N, ...].
+
+  Images: the frozen VAE's encoder over the training set (encoded once; z0 is drawn afresh each step
+  from these). The 2-D toy: config.data.num_points components drawn by weight (each component plays
+  the posterior of one 'image').
+  """
+  if config.data.name == TOY:
+    means, logvars, log_weights = toy_field(config)
+    rng = np.random.default_rng(config.seed)
+    idx = rng.choice(means.shape[0], config.data.num_points, p=np.exp(log_weights))
+    return means[idx].astype(np.float32), logvars[idx].astype(np.float32)
+  images = train_images(config)
+  module, params = trained_vae(config, workdir, vae_source, images.shape[1:])
+  return encode_all(module, params, images)

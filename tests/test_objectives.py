@@ -1,0 +1,188 @@
+"""Objectives on hand-checkable cases: each loss against its formula evaluated by hand with the same
+noise, the target identities in eps space, and where gradients flow."""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cgdiff import objectives, schedules, targets
+
+SCHEDULE = schedules.cosine()
+B, SHAPE = 16, (4, 4, 2)
+
+
+def posterior(seed=0):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=(B,) + SHAPE), jnp.float32),
+          jnp.asarray(rng.uniform(-3, 0, size=(B,) + SHAPE), jnp.float32))
+
+
+def keys(seed=1):
+  return jax.random.split(jax.random.PRNGKey(seed), B)
+
+
+def by_hand(mean, logvar, ks):
+  """The noise each objective draws, re-drawn here: t, z0, z_t, alpha, sigma, eps."""
+  t, eps_vae, eps = objectives.draw_diffusion_noise(ks, SCHEDULE, SHAPE)
+  alpha = SCHEDULE.alpha(t)[:, None, None, None]
+  sigma = SCHEDULE.sigma(t)[:, None, None, None]
+  z0 = mean + jnp.exp(0.5 * logvar) * eps_vae
+  return t, z0, alpha * z0 + sigma * eps, alpha, sigma, eps
+
+
+def zero_net(params, z, t):
+  del params, t
+  return jnp.zeros_like(z)
+
+
+def test_noise_draws_are_per_example_and_in_range():
+  t, eps_vae, eps = objectives.draw_diffusion_noise(keys(), SCHEDULE, SHAPE)
+  assert t.shape == (B,) and eps.shape == (B,) + SHAPE and eps_vae.shape == (B,) + SHAPE
+  assert np.all((t >= SCHEDULE.t_min) & (t <= SCHEDULE.t_max))
+  # Example i's draw depends on its own key only: the first half of a batch is the same alone.
+  t_half, _, eps_half = objectives.draw_diffusion_noise(keys()[: B // 2], SCHEDULE, SHAPE)
+  np.testing.assert_array_equal(t_half, t[: B // 2])
+  np.testing.assert_array_equal(eps_half, eps[: B // 2])
+
+
+@pytest.mark.parametrize("target", ["tweedie", "lsi", "critic_gate"])
+def test_diffusion_loss_with_a_zero_network_is_the_target_second_moment(target):
+  mean, logvar = posterior()
+  gate_fn = lambda p, z, t: jnp.full((z.shape[0], 1, 1, 1), 0.25)
+  loss, metrics = objectives.diffusion_loss({"score": None, "gate": None}, (mean, logvar), keys(),
+                                            eps_fn=zero_net, schedule=SCHEDULE, target=target,
+                                            gate_fn=gate_fn)
+  t, z0, z_t, alpha, sigma, eps = by_hand(mean, logvar, keys())
+  lsi = (z_t - alpha * mean) * sigma / (alpha**2 * jnp.exp(logvar) + sigma**2)  # eps_LSI, 002 Alg. 1
+  csem = sigma * (z0 - mean) / (alpha * jnp.exp(logvar))  # -sigma a
+  expected = {"tweedie": eps, "lsi": lsi, "critic_gate": 0.75 * csem + 0.25 * eps}[target]
+  np.testing.assert_allclose(loss, jnp.mean(expected**2), rtol=1e-4)
+  np.testing.assert_allclose(metrics["target_excess_over_lsi"], jnp.mean((expected - lsi) ** 2),
+                             rtol=1e-4, atol=1e-6)
+  if target == "lsi":
+    assert metrics["target_excess_over_lsi"] == 0.0
+  else:
+    assert metrics["target_excess_over_lsi"] > 0.0
+
+
+def test_critic_gate_with_the_oracle_gate_is_the_lsi_target():
+  mean, logvar = posterior()
+  _, z0, z_t, alpha, sigma, eps = by_hand(mean, logvar, keys())
+  gate = targets.oracle_gate(logvar, alpha, sigma)
+  kwargs = dict(z0=z0, z_t=z_t, eps=eps, mean=mean, logvar=logvar, alpha=alpha, sigma=sigma)
+  blended = objectives.noise_target("critic_gate", gate=gate, **kwargs)
+  lsi = objectives.noise_target("lsi", **kwargs)
+  # Identity 3 is algebraic; float32 cancellation in CSEM at small alpha^2 v sets the tolerance.
+  np.testing.assert_allclose(blended, lsi, rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(objectives.noise_target("critic_gate", gate=1.0, **kwargs), eps)
+
+
+def test_prior_critic_gate_uses_the_latent_statistics():
+  mean, logvar = posterior()
+  _, z0, z_t, alpha, sigma, eps = by_hand(mean, logvar, keys())
+  prior = (jnp.zeros(SHAPE), jnp.zeros(SHAPE))  # N(0, I): prior CSEM = -z0 / alpha
+  got = objectives.noise_target("critic_gate_prior", gate=0.0, z0=z0, z_t=z_t, eps=eps, mean=mean,
+                                logvar=logvar, alpha=alpha, sigma=sigma, prior=prior)
+  np.testing.assert_allclose(got, sigma * z0 / alpha, rtol=1e-5)
+  with pytest.raises(ValueError, match="latent statistics"):
+    objectives.noise_target("critic_gate_prior", gate=0.0, z0=z0, z_t=z_t, eps=eps, mean=mean,
+                            logvar=logvar, alpha=alpha, sigma=sigma)
+
+
+def test_unknown_target_and_missing_gate_are_clear_errors():
+  mean, logvar = posterior()
+  with pytest.raises(ValueError, match="unknown score target"):
+    objectives.diffusion_loss({"score": None}, (mean, logvar), keys(), eps_fn=zero_net,
+                              schedule=SCHEDULE, target="dsm")
+  with pytest.raises(ValueError, match="gate"):
+    objectives.diffusion_loss({"score": None}, (mean, logvar), keys(), eps_fn=zero_net,
+                              schedule=SCHEDULE, target="critic_gate")
+
+
+def test_gate_gets_gradient_from_the_critic_gate_loss():
+  mean, logvar = posterior()
+  gate_fn = lambda p, z, t: jax.nn.sigmoid(p["logit"] + 0.0 * z[:, :1, :1, :1])
+  eps_fn = lambda p, z, t: p["scale"] * z
+  params = {"score": {"scale": jnp.array(0.5)}, "gate": {"logit": jnp.array(1.0)}}
+  grads = jax.grad(lambda p: objectives.diffusion_loss(p, (mean, logvar), keys(), eps_fn=eps_fn,
+                                                        schedule=SCHEDULE, target="critic_gate",
+                                                        gate_fn=gate_fn)[0])(params)
+  assert abs(grads["gate"]["logit"]) > 0 and abs(grads["score"]["scale"]) > 0
+
+
+def test_kl_terms_have_their_closed_forms():
+  mean, logvar = posterior()
+  v = np.exp(np.asarray(logvar, np.float64))
+  m = np.asarray(mean, np.float64)
+  np.testing.assert_allclose(objectives.gaussian_kl(mean, logvar, "regular"),
+                             0.5 * np.mean(m**2 + v - 1 - np.log(v)), rtol=1e-5)
+  np.testing.assert_allclose(objectives.gaussian_kl(mean, logvar, "modified"), 0.5 * np.mean(m**2 + v),
+                             rtol=1e-5)
+  assert objectives.gaussian_kl(jnp.zeros(3), jnp.zeros(3), "regular") == 0.0
+  with pytest.raises(ValueError, match="KL"):
+    objectives.gaussian_kl(mean, logvar, "reverse")
+
+
+def identity_autoencoder():
+  """encode(x) = (x, -20): z0 = x to within e^-10; decode(z) = scale * z."""
+  encode_fn = lambda p, x: (x * p["enc"], jnp.full_like(x, -20.0))
+  decode_fn = lambda p, z: p["dec"] * z
+  return encode_fn, decode_fn, {"enc": jnp.array(1.0), "dec": jnp.array(1.0)}
+
+
+def test_vae_loss_of_an_identity_autoencoder():
+  encode_fn, decode_fn, params = identity_autoencoder()
+  images, _ = posterior()
+  loss, metrics = objectives.vae_loss(params, images, keys(), encode_fn=encode_fn, decode_fn=decode_fn,
+                                      kl="regular", kl_weight=0.1)
+  assert metrics["reconstruction"] < 1e-7  # (e^-10 eps)^2 ~ 2e-9
+  kl = 0.5 * np.mean(np.asarray(images, np.float64) ** 2 + np.exp(-20.0) - 1 + 20.0)
+  np.testing.assert_allclose(loss, metrics["reconstruction"] + 0.1 * kl, rtol=1e-5)
+
+
+def cotrain(params, images, **kwargs):
+  encode_fn, decode_fn, _ = identity_autoencoder()
+  eps_fn = lambda p, z, t: p["scale"] * z
+  base = dict(encode_fn=encode_fn, decode_fn=decode_fn, eps_fn=eps_fn, schedule=SCHEDULE,
+              kl="modified", kl_weight=1e-3, score_target="lsi")
+  return objectives.cotrain_loss(params, images, keys(), **{**base, **kwargs})
+
+
+def test_cotrain_score_gradient_reaches_the_encoder_only_when_asked():
+  _, _, vae_params = identity_autoencoder()
+  params = {"vae": vae_params, "score": {"scale": jnp.array(0.3)}}
+  images, _ = posterior()
+  grad = lambda **kw: jax.grad(lambda p: cotrain(p, images, **kw)[0])(params)["vae"]["enc"]
+  without_score = grad(score_weight=0.0)
+  chex.assert_trees_all_close(grad(score_weight=1.0, encoder_score_gradient=False), without_score,
+                              rtol=1e-6)
+  assert abs(grad(score_weight=1.0) - without_score) > 1e-3 * abs(without_score)
+
+
+def test_cotrain_loss_is_the_sum_of_its_terms_and_stiffness_has_its_formula():
+  _, _, vae_params = identity_autoencoder()
+  params = {"vae": vae_params, "score": {"scale": jnp.array(0.3)}}
+  images, _ = posterior()
+  loss, m = cotrain(params, images, score_weight=2.0, stiffness_weight=0.5)
+  np.testing.assert_allclose(loss, m["reconstruction"] + 1e-3 * m["kl"] + 2.0 * m["score_loss"]
+                             + 0.5 * m["stiffness"], rtol=1e-6)
+  # logvar = -20: alpha^2 v is negligible, so the penalty is mean 1/sigma^2 over the drawn times.
+  score_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys())
+  t, _, _ = objectives.draw_diffusion_noise(score_keys, SCHEDULE, SHAPE)
+  np.testing.assert_allclose(m["stiffness"], np.mean(1.0 / SCHEDULE.sigma(t) ** 2), rtol=1e-4)
+  with pytest.raises(ValueError, match="co-training"):
+    cotrain(params, images, score_target="critic_gate")
+
+
+def test_objectives_jit():
+  mean, logvar = posterior()
+  loss_fn = functools.partial(objectives.diffusion_loss, eps_fn=zero_net, schedule=SCHEDULE, target="lsi")
+  eager, _ = loss_fn({"score": None}, (mean, logvar), keys())
+  jitted, _ = jax.jit(loss_fn)({"score": None}, (mean, logvar), keys())
+  np.testing.assert_allclose(jitted, eager, rtol=1e-6)
