@@ -26,7 +26,7 @@ def tiny_images():
   config = tiny(quickstart.get_config())
   config.data.kwargs = {"num_images": 32, "channels": 3, "seed": 0}
   config.vae.model.channels = (8, 8, 8)
-  config.score_net.update(base_channels=8, channel_mults=(1, 2), num_heads=1)
+  config.score_net.update(base_channels=8, channel_mults=(1,), num_res_blocks=1, num_heads=1)
   config.gate.update(hidden_channels=8)
   config.sample.update(num_steps=2, num_samples=4, batch_size=4)
   return config
