@@ -12,15 +12,15 @@ def get_config():
   config.data.name = "synthetic"
   config.data.kwargs = {"num_images": 4096, "channels": 3, "seed": 0}
   config.vae.model.channels = (16, 32, 64)
-  config.vae.training = base.training(batch_size=32, num_steps=400, learning_rate=2e-3,
+  config.vae.training = base.training(batch_size=32, num_steps=300, learning_rate=2e-3,
                                       warmup_steps=50, lr_schedule="cosine", log_every=100,
-                                      checkpoint_every=200)
+                                      checkpoint_every=150)
   config.score_net.update(base_channels=32, channel_mults=(1, 2), num_res_blocks=1,
                           attention_resolutions=(4,), num_heads=2,
                           scale_shift_norm=True)  # 32 channels: GroupNorm would erase an additive time signal
   config.gate.update(granularity="element", hidden_channels=32)
-  config.ldm.training = base.training(batch_size=128, num_steps=800, learning_rate=2e-3,
+  config.ldm.training = base.training(batch_size=64, num_steps=600, learning_rate=2e-3,
                                       warmup_steps=50, lr_schedule="cosine", ema_decay=0.99,
-                                      log_every=100, checkpoint_every=400)
+                                      log_every=100, checkpoint_every=300)
   config.sample.update(num_samples=64, batch_size=64)
   return config

@@ -16,6 +16,8 @@ from experiments import exact_field, sampling, training
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs; "
+                  "the coordinator address and process ids come from the environment / cluster).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 STAGES = {
@@ -49,6 +51,11 @@ class _QuietOrbax:
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  if FLAGS.distributed:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
+    logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
+                 jax.local_device_count())
   run_stages(FLAGS.config, FLAGS.workdir)
 
 
