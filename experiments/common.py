@@ -61,6 +61,10 @@ def init_vae(config: ml_collections.ConfigDict, key: jax.Array, image_shape: tup
 
 
 def init_score_net(config: ml_collections.ConfigDict, key: jax.Array, latent_shape: tuple[int, ...]):
+  if config.score_net.get("dropout", 0.0):
+    # The objectives call the network with train=False and no dropout key: refuse rather than
+    # silently train without the dropout the config asks for.
+    raise ValueError("score_net.dropout > 0 is not supported by the training stages yet; set it to 0.")
   module = build.score_net(config.score_net)
   params = build.init(module, key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)))
   return module, params
