@@ -1,6 +1,6 @@
 """The core library on an exact Gaussian field (004's fractal tree): target variances and samplers.
 
-python -m experiments.run --config=configs/demo.py --workdir=runs/demo   (about a minute on 2 CPU cores)
+python -m experiments.run --config=configs/demo.py --workdir=runs/demo   (about 2-3 minutes on 2 CPU cores)
 """
 
 import ml_collections
