@@ -83,17 +83,27 @@ def score_matching_terms(params: Params, mean: Array, logvar: Array, keys: Array
                          schedule: schedules_lib.Schedule, target: ScoreTarget,
                          gate_fn: GateFn | None = None,
                          prior: tuple[Array, Array] | None = None) -> tuple[Array, dict[str, Array]]:
+  """eps-MSE of the score network against `target` and its metrics (see `_score_terms`)."""
+  loss, metrics, _ = _score_terms(params, mean, logvar, keys, eps_fn=eps_fn, schedule=schedule,
+                                  target=target, gate_fn=gate_fn, prior=prior)
+  return loss, metrics
+
+
+def _score_terms(params: Params, mean: Array, logvar: Array, keys: Array, *, eps_fn: EpsFn,
+                 schedule: schedules_lib.Schedule, target: ScoreTarget, gate_fn: GateFn | None = None,
+                 prior: tuple[Array, Array] | None = None):
   """eps-MSE of the score network against `target`, for posteriors N(mean, exp(logvar)) [B, ...].
 
   params: {"score": ..., "gate": ...} (the gate only for the critic-gate targets). Returns the loss and
   metrics: the gate's mean and range, the target's second moment, and its excess over LSI,
   mean (eps* - eps_LSI)^2, a Monte Carlo estimate of E Var(eps* | z_t, x): the variance the target
-  adds on top of the Rao-Blackwellised one (0 for LSI; MATH.md identity 2).
+  adds on top of the Rao-Blackwellised one (0 for LSI; MATH.md identity 2). Also returns the drawn
+  (alpha, sigma) [B, 1, ...], for terms that need the same times (the stiffness penalty).
   """
   t, eps_vae, eps = draw_diffusion_noise(keys, schedule, mean.shape[1:])
   alpha = _per_example(schedule.alpha(t), mean.ndim)
   sigma = _per_example(schedule.sigma(t), mean.ndim)
-  z0 = mean + jnp.exp(0.5 * logvar) * eps_vae  # targets.sample_posterior with this example's noise
+  z0 = targets.reparameterize(mean, logvar, eps_vae)
   z_t = targets.diffuse(z0, eps, alpha, sigma)
   metrics = {}
   gate = None
@@ -113,7 +123,7 @@ def score_matching_terms(params: Params, mean: Array, logvar: Array, keys: Array
       target_second_moment=jax.lax.stop_gradient(jnp.mean(eps_star**2)),
       target_excess_over_lsi=jax.lax.stop_gradient(jnp.mean((eps_star - eps_lsi) ** 2)),
   )
-  return loss, metrics
+  return loss, metrics, (alpha, sigma)
 
 
 def diffusion_loss(params: Params, posterior: tuple[Array, Array], keys: Array, *, eps_fn: EpsFn,
@@ -148,7 +158,7 @@ def autoencoder_terms(params: Params, images: Array, keys: Array, *, encode_fn: 
   """Reconstruction MSE of decode(z0), z0 ~ q(z0 | x), and the KL term; returns (terms, (mean, logvar))."""
   mean, logvar = encode_fn(params, images)
   eps_vae = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), mean.shape[1:]))(keys)
-  recon = decode_fn(params, mean + jnp.exp(0.5 * logvar) * eps_vae)
+  recon = decode_fn(params, targets.reparameterize(mean, logvar, eps_vae))
   terms = {"reconstruction": jnp.mean((recon - images) ** 2), "kl": gaussian_kl(mean, logvar, kl),
            "posterior_logvar_mean": jax.lax.stop_gradient(jnp.mean(logvar))}
   return terms, (mean, logvar)
@@ -183,13 +193,12 @@ def cotrain_loss(params: Params, images: Array, keys: Array, *, encode_fn: Encod
   if not encoder_score_gradient:
     mean, logvar = jax.lax.stop_gradient((mean, logvar))
   score_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
-  score_loss, score_metrics = score_matching_terms({"score": params["score"]}, mean, logvar, score_keys,
-                                                   eps_fn=eps_fn, schedule=schedule, target=score_target)
+  score_loss, score_metrics, (alpha, sigma) = _score_terms(
+      {"score": params["score"]}, mean, logvar, score_keys, eps_fn=eps_fn, schedule=schedule,
+      target=score_target)
   loss = terms["reconstruction"] + kl_weight * terms["kl"] + score_weight * score_loss
   if stiffness_weight:
-    t, _, _ = draw_diffusion_noise(score_keys, schedule, mean.shape[1:])
-    stiffness = stiffness_penalty(logvar, _per_example(schedule.alpha(t), mean.ndim),
-                                  _per_example(schedule.sigma(t), mean.ndim))
+    stiffness = stiffness_penalty(logvar, alpha, sigma)  # at the score term's times
     loss = loss + stiffness_weight * stiffness
     terms["stiffness"] = stiffness
   return loss, {"loss": loss, **terms, **score_metrics}

@@ -50,12 +50,17 @@ def floor_logvar(logvar: Array, min_logvar: float) -> Array:
   return jnp.maximum(logvar, min_logvar)
 
 
+def reparameterize(mean: Array, logvar: Array, eps_vae: Array) -> Array:
+  """z0 = mean + exp(logvar / 2) * eps_vae for given noise eps_vae; shape of mean (MATH.md section 3)."""
+  _checks.check_same_shape(mean=mean, logvar=logvar, eps_vae=eps_vae)
+  _checks.check_finite("logvar", logvar)
+  return mean + jnp.exp(0.5 * logvar) * eps_vae
+
+
 def sample_posterior(key: Array, mean: Array, logvar: Array) -> Array:
   """z0 = mean + exp(logvar / 2) * eps_vae, eps_vae ~ N(0, I); shape of mean (MATH.md section 3)."""
-  _checks.check_same_shape(mean=mean, logvar=logvar)
-  _checks.check_finite("logvar", logvar)
   eps = jax.random.normal(key, jnp.shape(mean), dtype=jnp.result_type(mean, float))
-  return mean + jnp.exp(0.5 * logvar) * eps
+  return reparameterize(mean, logvar, eps)
 
 
 def diffuse(z0: Array, eps: Array, alpha, sigma) -> Array:

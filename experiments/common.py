@@ -54,60 +54,84 @@ def loop_config(training: ml_collections.ConfigDict) -> tuple[ml_collections.Con
   return training, TrainLoopConfig.from_config(training)
 
 
-def init_vae(config: ml_collections.ConfigDict, key: jax.Array, image_shape: tuple[int, ...]):
+def _init(module, key, *example_inputs, abstract: bool):
+  if abstract:
+    return build.abstract_init(module, *example_inputs)
+  return build.init(module, key, *example_inputs)
+
+
+def init_vae(config: ml_collections.ConfigDict, key: jax.Array, image_shape: tuple[int, ...], *,
+             abstract: bool = False):
+  """(module, params); abstract: shapes only (a template for restoring), no computation."""
   module = build.vae(config.vae.model)
-  params = build.init(module, key, jnp.zeros((1,) + tuple(image_shape)))
-  return module, params
+  return module, _init(module, key, jnp.zeros((1,) + tuple(image_shape)), abstract=abstract)
 
 
-def init_score_net(config: ml_collections.ConfigDict, key: jax.Array, latent_shape: tuple[int, ...]):
+def init_score_net(config: ml_collections.ConfigDict, key: jax.Array, latent_shape: tuple[int, ...], *,
+                   abstract: bool = False):
   if config.score_net.get("dropout", 0.0):
     # The objectives call the network with train=False and no dropout key: refuse rather than
     # silently train without the dropout the config asks for.
     raise ValueError("score_net.dropout > 0 is not supported by the training stages yet; set it to 0.")
   module = build.score_net(config.score_net)
-  params = build.init(module, key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)))
-  return module, params
+  return module, _init(module, key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)),
+                       abstract=abstract)
 
 
-def init_gate(config: ml_collections.ConfigDict, key: jax.Array, latent_shape: tuple[int, ...]):
+def init_gate(config: ml_collections.ConfigDict, key: jax.Array, latent_shape: tuple[int, ...], *,
+              abstract: bool = False):
   module = build.gate(config.gate)
-  params = build.init(module, key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)))
-  return module, params
+  return module, _init(module, key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)),
+                       abstract=abstract)
 
 
-def init_ldm(config: ml_collections.ConfigDict, latent_shape):
+def init_ldm(config: ml_collections.ConfigDict, latent_shape, *, abstract: bool = False):
   """(score network, gate or None, {"score": ..., ["gate": ...]}) of the `ldm` stage."""
   key_score, key_gate = jax.random.split(jax.random.PRNGKey(config.seed + 2))
-  score_net, score_params = init_score_net(config, key_score, latent_shape)
+  score_net, score_params = init_score_net(config, key_score, latent_shape, abstract=abstract)
   params, gate = {"score": score_params}, None
   if config.ldm.target in ("critic_gate", "critic_gate_prior"):
-    gate, params["gate"] = init_gate(config, key_gate, latent_shape)
+    gate, params["gate"] = init_gate(config, key_gate, latent_shape, abstract=abstract)
   return score_net, gate, params
 
 
-def restore_ema_params(init_params: Any, training: ml_collections.ConfigDict, directory: str) -> Any:
-  """The EMA parameters of the finished run in `directory` (its latest checkpoint)."""
-  like = create_state(init_params, make_optimizer(training, training.num_steps))
+def restore_ema_params(params: Any, training: ml_collections.ConfigDict, directory: str) -> Any:
+  """The EMA parameters of the finished run in `directory` (its latest checkpoint); `params` (concrete
+  or abstract) gives their structure."""
+  tx = make_optimizer(training, training.num_steps)
+  like = jax.eval_shape(lambda p: create_state(p, tx), params)
   ckpt_dir = os.path.join(directory, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"no checkpoints in {ckpt_dir}: run the stage that trains it first.")
   return checkpoint.restore_params(ckpt_dir, like, ema=True)
 
 
+def trained_cotrain(config: ml_collections.ConfigDict, workdir: str, image_shape):
+  """(VAE module, score network, {"vae": ..., "score": ...}) of the finished `cotrain` stage."""
+  vae, vae_params = init_vae(config, None, image_shape, abstract=True)
+  score_net, score_params = init_score_net(config, None, latent_shape_of(vae, image_shape), abstract=True)
+  params = restore_ema_params({"vae": vae_params, "score": score_params}, config.cotrain.training,
+                              stage_dir(workdir, "cotrain"))
+  return vae, score_net, params
+
+
 def trained_vae(config: ml_collections.ConfigDict, workdir: str, source: str, image_shape):
   """(module, params) of the VAE trained by stage `source` ('vae' or 'cotrain')."""
-  key_vae, key_score = jax.random.split(jax.random.PRNGKey(config.seed))
-  module, params = init_vae(config, key_vae, image_shape)
   if source == "vae":
+    module, params = init_vae(config, None, image_shape, abstract=True)
     return module, restore_ema_params(params, config.vae.training, stage_dir(workdir, "vae"))
   if source == "cotrain":
-    latent_shape = latent_shape_of(module, image_shape)
-    _, score_params = init_score_net(config, key_score, latent_shape)
-    both = restore_ema_params({"vae": params, "score": score_params}, config.cotrain.training,
-                              stage_dir(workdir, "cotrain"))
-    return module, both["vae"]
+    module, _, params = trained_cotrain(config, workdir, image_shape)
+    return module, params["vae"]
   raise ValueError(f"unknown VAE source {source!r}; expected 'vae' or 'cotrain'.")
+
+
+def encoded_training_set(config: ml_collections.ConfigDict, workdir: str,
+                         vae_source: str) -> tuple[np.ndarray, np.ndarray]:
+  """Posterior parameters (mean, logvar) [N, h, w, C] of the training images under a trained VAE."""
+  images = train_images(config)
+  module, params = trained_vae(config, workdir, vae_source, images.shape[1:])
+  return encode_all(module, params, images)
 
 
 def latent_shape_of(vae_module, image_shape) -> tuple[int, ...]:
@@ -149,6 +173,4 @@ def posterior_dataset(config: ml_collections.ConfigDict, workdir: str, vae_sourc
     rng = np.random.default_rng(config.seed)
     idx = rng.choice(means.shape[0], config.data.num_points, p=np.exp(log_weights))
     return means[idx].astype(np.float32), logvars[idx].astype(np.float32)
-  images = train_images(config)
-  module, params = trained_vae(config, workdir, vae_source, images.shape[1:])
-  return encode_all(module, params, images)
+  return encoded_training_set(config, workdir, vae_source)

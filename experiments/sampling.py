@@ -10,7 +10,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -20,39 +19,40 @@ from cgdiff.metrics import sw2
 from experiments import common
 
 
-def trained_score_fn(config: ml_collections.ConfigDict, workdir: str, latent_shape):
-  """score_fn(z, t) = -eps_hat(z, t) / sigma(t) with the EMA parameters of config.sample.score_source."""
-  schedule = common.schedule(config)
+def trained_networks(config: ml_collections.ConfigDict, workdir: str):
+  """(VAE or None, its params, score network, its EMA params, latent shape) for config.sample.score_source.
+
+  'ldm': the `ldm` stage's network on the VAE of config.ldm.vae_source (none for the 2-D toy);
+  'cotrain': both networks from the one `cotrain` checkpoint.
+  """
   source = config.sample.score_source
-  if source == "ldm":
-    net, _, params = common.init_ldm(config, latent_shape)
-    params = common.restore_ema_params(params, config.ldm.training, common.stage_dir(workdir, "ldm"))
-  elif source == "cotrain":
-    net, init_params = common.init_score_net(config, jax.random.PRNGKey(0), latent_shape)
-    _, vae_params = common.init_vae(config, jax.random.PRNGKey(0), config.data.image_shape)
-    params = common.restore_ema_params({"vae": vae_params, "score": init_params},
-                                       config.cotrain.training, common.stage_dir(workdir, "cotrain"))
-  else:
+  toy = config.data.name == common.TOY
+  if source == "cotrain":
+    if toy:
+      raise ValueError("the 2-D toy has no VAE to co-train; sample it with score_source 'ldm'.")
+    vae, net, params = common.trained_cotrain(config, workdir, config.data.image_shape)
+    return vae, params["vae"], net, params["score"], common.latent_shape_of(vae, config.data.image_shape)
+  if source != "ldm":
     raise ValueError(f"unknown score source {source!r}; expected 'ldm' or 'cotrain'.")
-  score_params = params["score"]
-
-  def score_fn(z, t):
-    sigma = schedule.sigma(t).reshape((-1,) + (1,) * (z.ndim - 1))
-    return targets.eps_to_score(net.apply(score_params, z, t), sigma)
-
-  return score_fn, schedule
+  vae, vae_params, latent_shape = None, None, (2,)
+  if not toy:
+    vae, vae_params = common.trained_vae(config, workdir, config.ldm.vae_source, config.data.image_shape)
+    latent_shape = common.latent_shape_of(vae, config.data.image_shape)
+  net, _, params = common.init_ldm(config, latent_shape, abstract=True)
+  params = common.restore_ema_params(params, config.ldm.training, common.stage_dir(workdir, "ldm"))
+  return vae, vae_params, net, params["score"], latent_shape
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = config.sample
   toy = config.data.name == common.TOY
-  if toy:
-    latent_shape = (2,)
-  else:
-    vae_source = "cotrain" if cfg.score_source == "cotrain" else config.ldm.vae_source
-    vae, vae_params = common.trained_vae(config, workdir, vae_source, config.data.image_shape)
-    latent_shape = common.latent_shape_of(vae, config.data.image_shape)
-  score_fn, schedule = trained_score_fn(config, workdir, latent_shape)
+  vae, vae_params, net, score_params, latent_shape = trained_networks(config, workdir)
+  schedule = common.schedule(config)
+
+  def score_fn(z, t):  # s = -eps_hat / sigma (MATH.md section 2)
+    sigma = schedule.sigma(t).reshape((-1,) + (1,) * (z.ndim - 1))
+    return targets.eps_to_score(net.apply(score_params, z, t), sigma)
+
   run_batch = jax.jit(lambda key: samplers.sample(score_fn, schedule, key, (cfg.batch_size,) + latent_shape,
                                                   method=cfg.method, num_steps=cfg.num_steps))
   key = jax.random.PRNGKey(config.seed + 5)

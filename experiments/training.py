@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cgdiff import latent_stats, objectives
+from cgdiff import latent_stats, objectives, targets
 from cgdiff.train import train
 from experiments import common
 
@@ -31,14 +31,12 @@ def run_vae(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def run_stats(config: ml_collections.ConfigDict, workdir: str) -> latent_stats.LatentStats:
   """Mean and variance of z0 ~ q(z0 | x) over the training set (stochastic samples, as 001 says)."""
-  images = common.train_images(config)
-  module, params = common.trained_vae(config, workdir, config.stats.vae_source, images.shape[1:])
-  mean, logvar = common.encode_all(module, params, images)
+  mean, logvar = common.encoded_training_set(config, workdir, config.stats.vae_source)
   stats = latent_stats.LatentStats(shape=mean.shape[1:])
   rng = np.random.default_rng(config.seed)
   for start in range(0, mean.shape[0], 1000):
     m, lv = mean[start:start + 1000], logvar[start:start + 1000]
-    stats.update(m + np.exp(0.5 * lv) * rng.standard_normal(m.shape, dtype=np.float32))
+    stats.update(targets.reparameterize(m, lv, rng.standard_normal(m.shape, dtype=np.float32)))
   path = stats.save(common.stage_dir(workdir, "stats"))
   logging.info("latent stats of %d samples -> %s (mean variance %.3g)", stats.count, path,
                stats.variance().mean())

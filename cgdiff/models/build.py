@@ -48,3 +48,9 @@ def init(module: nn.Module, key, *example_inputs) -> Any:
   compiled = jax.jit(module.init).lower(key, *example_inputs).compile(
       compiler_options={"xla_backend_optimization_level": 0})
   return compiled(key, *example_inputs)
+
+
+def abstract_init(module: nn.Module, *example_inputs) -> Any:
+  """The shapes and dtypes of module.init's parameters (jax.ShapeDtypeStruct leaves), computing
+  nothing: the template to restore a checkpoint into."""
+  return jax.eval_shape(module.init, jax.random.PRNGKey(0), *example_inputs)
