@@ -51,3 +51,51 @@ def target_variance_profile(key: Array, means: Array, logvars: Array, log_weight
 
   times = jnp.asarray(times)
   return jax.lax.map(lambda args: at_time(*args), (times, jax.random.split(key, times.shape[0])))
+
+
+def posterior_target_profile(key: Array, mean: Array, logvar: Array, schedule: schedules_lib.Schedule,
+                             times: Array, *, eps_fn=None, gate_fn=None) -> dict[str, Array]:
+  """The score targets on real posteriors N(mean, exp(logvar)) [B, ...] across time, in eps space.
+
+  At each t in `times` [T], one (z0, z_t) per posterior. Returns, each [T] unless said otherwise:
+    excess_<name>, name in tweedie, csem (and blend when `gate_fn` is given): the batch-and-element mean
+      of (eps_name - eps_lsi)^2, an unbiased estimate of E Var(eps_name | z_t, x): the variance each
+      target adds on top of the Rao-Blackwellised LSI (MATH.md identity 2; 0 for LSI itself).
+    residual_<name>, name in tweedie, csem, lsi (and blend), when `eps_fn` is given: the mean of
+      (eps_name - eps_fn(z_t, t))^2. All targets share E[eps_name | z_t], so residuals differ only by
+      Var(eps_name | z_t): the network's own error is common to all of them.
+    gate: [T, B, ...] the gate g(z_t, t) broadcast to the latent shape, when `gate_fn` is given.
+  eps_fn(z_t [B, ...], t [B]) -> eps_hat and gate_fn(z_t, t) -> g are closures over trained parameters.
+  """
+  mean, logvar = jnp.asarray(mean), jnp.asarray(logvar)
+
+  def at_time(args):
+    t, key = args
+    k_vae, k_eps = jax.random.split(key)
+    t_batch = jnp.full(mean.shape[:1], t)
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    z0 = targets.reparameterize(mean, logvar, jax.random.normal(k_vae, mean.shape))
+    eps = jax.random.normal(k_eps, mean.shape)
+    z_t = targets.diffuse(z0, eps, alpha, sigma)
+    # Tweedie's eps target is eps itself (MATH.md section 2).
+    eps_targets = {
+        "tweedie": eps,
+        "csem": targets.score_to_eps(targets.csem_score(z0, mean, logvar, alpha), sigma),
+        "lsi": targets.score_to_eps(targets.lsi_score(z_t, mean, logvar, alpha, sigma), sigma),
+    }
+    out = {}
+    if gate_fn is not None:
+      gate = jnp.broadcast_to(gate_fn(z_t, t_batch), mean.shape)
+      eps_targets["blend"] = targets.blend(eps_targets["csem"], eps_targets["tweedie"], gate)
+      out["gate"] = gate
+    for name, value in eps_targets.items():
+      if name != "lsi":
+        out[f"excess_{name}"] = jnp.mean((value - eps_targets["lsi"]) ** 2)
+    if eps_fn is not None:
+      eps_hat = eps_fn(z_t, t_batch)
+      for name, value in eps_targets.items():
+        out[f"residual_{name}"] = jnp.mean((value - eps_hat) ** 2)
+    return out
+
+  times = jnp.asarray(times)
+  return jax.lax.map(at_time, (times, jax.random.split(key, times.shape[0])))

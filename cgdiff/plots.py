@@ -84,3 +84,130 @@ def plot_image_grid(images: np.ndarray, path: str, nrow: int = 8, title: str = "
   if title:
     ax.set_title(title, fontsize=8)
   return _save(fig, path)
+
+
+def _histogram_range(points: np.ndarray, quantile: float = 0.005) -> list[list[float]]:
+  """Axis limits holding all but the outer `quantile` of `points` [N, 2] on each side, 10% margin."""
+  lo, hi = np.quantile(points, [quantile, 1 - quantile], axis=0)
+  pad = 0.1 * (hi - lo)
+  return [[lo[0] - pad[0], hi[0] + pad[0]], [lo[1] - pad[1], hi[1] + pad[1]]]
+
+
+def plot_latent_pca(real: np.ndarray, samples: Mapping[str, np.ndarray], path: str, *,
+                    explained: np.ndarray | None = None, bins: int | None = None) -> str:
+  """2-D histograms of PCA-projected latents (001 section 6.3): the real aggregated posterior first,
+  then each model's samples with the real density's contours on top. real, samples: [N, 2]
+  projections (cgdiff.metrics.projections); explained: the components' variance ratios. Returns the path."""
+  real = np.asarray(real)
+  if bins is None:  # about 4 points per bin on average for a uniform spread, within [10, 60]
+    bins = int(np.clip(np.sqrt(len(real) / 4), 10, 60))
+  extent = _histogram_range(real)
+  real_hist, xedges, yedges = np.histogram2d(real[:, 0], real[:, 1], bins=bins, range=extent, density=True)
+  centres = (0.5 * (xedges[1:] + xedges[:-1]), 0.5 * (yedges[1:] + yedges[:-1]))
+  panels = {"real latents  z0 ~ q(z0)": real, **samples}
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.5), squeeze=False)
+  vmax = real_hist.max()
+  for ax, (name, points) in zip(axes[0], panels.items()):
+    points = np.asarray(points)
+    hist, _, _ = np.histogram2d(points[:, 0], points[:, 1], bins=(xedges, yedges), density=True)
+    ax.imshow(hist.T, origin="lower", extent=[*extent[0], *extent[1]], aspect="auto", cmap="magma",
+              vmin=0, vmax=vmax)
+    if points is not real:
+      ax.contour(*centres, real_hist.T, levels=4, colors="cyan", linewidths=0.6)
+    outside = np.mean((points[:, 0] < extent[0][0]) | (points[:, 0] > extent[0][1])
+                      | (points[:, 1] < extent[1][0]) | (points[:, 1] > extent[1][1]))
+    ax.set_title(f"{name}\n(N={len(points)}, {100 * outside:.1f}% outside)", fontsize=8)
+    ax.set_xlabel("PC 1" + (f" ({100 * explained[0]:.0f}% var)" if explained is not None else ""), fontsize=8)
+    ax.set_ylabel("PC 2" + (f" ({100 * explained[1]:.0f}% var)" if explained is not None else ""), fontsize=8)
+    ax.tick_params(labelsize=7)
+  return _save(fig, path)
+
+
+def plot_gate(times: np.ndarray, gate: np.ndarray, path: str, bins: int = 40) -> str:
+  """The learned gate across time (001 section 6.5): a heatmap of the distribution of g per t with
+  E[g] on top, a heatmap of E[g] per latent channel and t, and the histogram of all g.
+  times: [T]; gate: [T, B, ..., C] values in [0, 1] (broadcast to the latent shape). Returns the path."""
+  times, gate = np.asarray(times), np.asarray(gate)
+  per_time = gate.reshape(gate.shape[0], -1)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  density = np.stack([np.histogram(row, bins=edges, density=True)[0] for row in per_time])  # [T, bins]
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1]})
+  extent = [times[0], times[-1], 0.0, 1.0]
+  image = axes[0].imshow(np.log1p(density.T), origin="lower", extent=extent, aspect="auto", cmap="viridis")
+  axes[0].plot(times, per_time.mean(axis=1), color="white", label="E[g]")
+  axes[0].set_xlabel("t")
+  axes[0].set_ylabel("g  (0: CSEM, 1: Tweedie)")
+  axes[0].set_title("distribution of g(z_t, t) per t, log(1 + density)", fontsize=9)
+  axes[0].legend(loc="lower right", fontsize=8)
+  fig.colorbar(image, ax=axes[0])
+  per_channel = gate.reshape(gate.shape[0], -1, gate.shape[-1]).mean(axis=1)  # [T, C]
+  image = axes[1].imshow(per_channel.T, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                         extent=[times[0], times[-1], -0.5, gate.shape[-1] - 0.5])
+  axes[1].set_xlabel("t")
+  axes[1].set_ylabel("latent channel")
+  axes[1].set_title("E[g] per channel and t", fontsize=9)
+  fig.colorbar(image, ax=axes[1])
+  axes[2].hist(per_time.ravel(), bins=edges, color="gray")
+  axes[2].set_yscale("log")
+  axes[2].set_xlabel("g")
+  axes[2].set_title(f"all g ({per_time.size} values over {len(times)} times)", fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+_TARGET_COLOURS = {"tweedie": "C0", "csem": "C1", "lsi": "C2", "blend": "C3"}
+
+
+def plot_target_profile(times: np.ndarray, profile: Mapping[str, np.ndarray], path: str,
+                        title: str = "") -> str:
+  """Score targets on real posteriors across time (cgdiff.diagnostics.posterior_target_profile):
+  left, the mean squared residual of each target against the trained network (= Var(target | z_t)
+  + the network's error, common to all targets); right, each target's excess variance over LSI.
+  Returns the path."""
+  times = np.asarray(times)
+  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+  for prefix, ax, label in (("residual_", axes[0], "mean (eps_target - eps_net)^2"),
+                            ("excess_", axes[1], "mean (eps_target - eps_LSI)^2 = E Var(target | z_t, x)")):
+    for key, values in profile.items():
+      if key.startswith(prefix):
+        target = key[len(prefix):]
+        ax.plot(times, np.asarray(values), marker=".", label=target, color=_TARGET_COLOURS.get(target))
+    ax.set_yscale("log")
+    ax.set_xlabel("t")
+    ax.set_ylabel(label, fontsize=8)
+    ax.legend(fontsize=8)
+  axes[0].set_title("residual against the trained network", fontsize=9)
+  axes[1].set_title("excess over the Rao-Blackwellised LSI target", fontsize=9)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_training_curves(logs: Mapping[str, list[dict]], path: str,
+                         keys: tuple[str, ...] = ("loss", "score_loss", "reconstruction", "kl",
+                                                  "target_excess_over_lsi", "gate_mean")) -> str:
+  """Training curves from the stages' metrics.jsonl records ({stage: [{"step": ..., key: ...}, ...]}):
+  one panel per metric in `keys` that some stage logged, one line per stage. Returns the path."""
+  present = [k for k in keys if any(k in row for rows in logs.values() for row in rows)]
+  if not present:
+    raise ValueError(f"none of the metrics {keys} appears in the logs of {sorted(logs)}.")
+  cols = min(3, len(present))
+  rows = -(-len(present) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+  for ax, key in zip(axes.ravel(), present):
+    positive = True
+    for stage, records_ in logs.items():
+      points = [(r["step"], r[key]) for r in records_ if key in r and np.isfinite(r[key])]
+      if points:
+        ax.plot(*zip(*points), marker=".", label=stage)
+        positive = positive and min(v for _, v in points) > 0
+    if positive and key != "gate_mean":  # losses span decades; the gate lives in [0, 1]
+      ax.set_yscale("log")
+    ax.set_title(key, fontsize=9)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+  for ax in axes.ravel()[len(present):]:
+    ax.axis("off")
+  fig.tight_layout()
+  return _save(fig, path)

@@ -82,4 +82,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict({
       "score_source": "ldm",  # "ldm" or "cotrain"
       "method": "heun_pc", "num_steps": 50, "num_samples": 64, "batch_size": 64})
+
+  # Stage `eval` (001 section 6.2, MATH.md section 7), with config.sample's source, method and steps:
+  # FID of num_samples samples against the Inception statistics of the reference split (001: the 10k
+  # CIFAR-10 test images, 50k samples), reconstruction FID, latent SW2 and the figures.
+  config.eval = ml_collections.ConfigDict({
+      "num_samples": 50_000, "batch_size": 500,
+      "reference_split": "test", "num_reference": 0,  # 0: the whole split
+      "num_reconstructions": 10_000,
+      "fid": True,
+      "inception_weights": ml_collections.FieldReference(None, field_type=str),  # None: the cache
+      "inception_batch_size": 100,
+      "cache_dir": ml_collections.FieldReference(None, field_type=str),  # None: ~/.cache/cgdiff
+      "sw2_projections": 512, "sw2_seed": 0,
+      "profile_times": 24, "profile_batch": 512,  # score targets and gate across time
+  })
   return config

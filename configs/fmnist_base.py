@@ -24,4 +24,5 @@ def get_config():
                                           warmup_steps=1000, lr_schedule="cosine", ema_decay=0.999,
                                           checkpoint_every=2000)
   config.sample.update(method="rk4", num_steps=10, num_samples=10_000, batch_size=500)
+  config.eval.update(num_samples=10_000, num_reconstructions=10_000)  # against the 10k test images
   return config

@@ -95,6 +95,15 @@ def init_ldm(config: ml_collections.ConfigDict, latent_shape, *, abstract: bool 
   return score_net, gate, params
 
 
+def latest_step(workdir: str, stage: str) -> int:
+  """The step of the latest checkpoint of `stage` in `workdir` (what a later stage restores)."""
+  ckpt_dir = os.path.join(stage_dir(workdir, stage), "checkpoints")
+  steps = [int(name) for name in os.listdir(ckpt_dir) if name.isdigit()] if os.path.isdir(ckpt_dir) else []
+  if not steps:
+    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}: run the `{stage}` stage first.")
+  return max(steps)
+
+
 def restore_ema_params(params: Any, training: ml_collections.ConfigDict, directory: str) -> Any:
   """The EMA parameters of the finished run in `directory` (its latest checkpoint); `params` (concrete
   or abstract) gives their structure."""

@@ -11,13 +11,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgdiff import records
-from experiments import exact_field, sampling, training
+from experiments import evaluation, exact_field, sampling, training
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs; "
                   "the coordinator address and process ids come from the environment / cluster).")
+flags.DEFINE_list("stages", None, "Run these stages instead of config.stages, e.g. --stages=eval on a "
+                  "trained workdir.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 STAGES = {
@@ -27,16 +29,19 @@ STAGES = {
     "ldm": training.run_ldm,
     "cotrain": training.run_cotrain,
     "sample": sampling.run,
+    "eval": evaluation.run,
 }
 
 
-def run_stages(config, workdir: str) -> None:
-  unknown = [s for s in config.stages if s not in STAGES]
+def run_stages(config, workdir: str, stages: tuple[str, ...] | None = None) -> None:
+  """Runs `stages` (default: config.stages) on `workdir`, in order."""
+  stages = tuple(config.stages if stages is None else stages)
+  unknown = [s for s in stages if s not in STAGES]
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; expected some of {sorted(STAGES)}.")
   os.makedirs(workdir, exist_ok=True)
   logging.info("cgdiff at commit %s", records.git_commit())  # fixed now, before any stage runs
-  for stage in config.stages:
+  for stage in stages:
     logging.info("stage %s -> %s", stage, workdir)
     STAGES[stage](config, workdir)
 
@@ -56,7 +61,7 @@ def main(argv):
     jax.distributed.initialize()
     logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count())
-  run_stages(FLAGS.config, FLAGS.workdir)
+  run_stages(FLAGS.config, FLAGS.workdir, FLAGS.stages)
 
 
 if __name__ == "__main__":

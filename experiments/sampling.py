@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 from absl import logging
 
 from cgdiff import plots, records, samplers, targets
@@ -19,11 +21,23 @@ from cgdiff.metrics import sw2
 from experiments import common
 
 
-def trained_networks(config: ml_collections.ConfigDict, workdir: str):
-  """(VAE or None, its params, score network, its EMA params, latent shape) for config.sample.score_source.
+class TrainedNetworks(NamedTuple):
+  """The networks a score source provides (EMA parameters); the VAE and gate fields may be None."""
+  vae: Any
+  vae_params: Any
+  score_net: Any
+  score_params: Any
+  gate: Any
+  gate_params: Any
+  latent_shape: tuple[int, ...]
+  training_step: int  # the step of the checkpoint the score network comes from
 
-  'ldm': the `ldm` stage's network on the VAE of config.ldm.vae_source (none for the 2-D toy);
-  'cotrain': both networks from the one `cotrain` checkpoint.
+
+def trained_networks(config: ml_collections.ConfigDict, workdir: str) -> TrainedNetworks:
+  """The networks of config.sample.score_source.
+
+  'ldm': the `ldm` stage's score network (and gate, for the critic-gate targets) on the VAE of
+  config.ldm.vae_source (no VAE for the 2-D toy); 'cotrain': both networks from the `cotrain` checkpoint.
   """
   source = config.sample.score_source
   toy = config.data.name == common.TOY
@@ -31,45 +45,76 @@ def trained_networks(config: ml_collections.ConfigDict, workdir: str):
     if toy:
       raise ValueError("the 2-D toy has no VAE to co-train; sample it with score_source 'ldm'.")
     vae, net, params = common.trained_cotrain(config, workdir, config.data.image_shape)
-    return vae, params["vae"], net, params["score"], common.latent_shape_of(vae, config.data.image_shape)
+    return TrainedNetworks(vae, params["vae"], net, params["score"], None, None,
+                           common.latent_shape_of(vae, config.data.image_shape),
+                           common.latest_step(workdir, "cotrain"))
   if source != "ldm":
     raise ValueError(f"unknown score source {source!r}; expected 'ldm' or 'cotrain'.")
   vae, vae_params, latent_shape = None, None, (2,)
   if not toy:
     vae, vae_params = common.trained_vae(config, workdir, config.ldm.vae_source, config.data.image_shape)
     latent_shape = common.latent_shape_of(vae, config.data.image_shape)
-  net, _, params = common.init_ldm(config, latent_shape, abstract=True)
+  net, gate, params = common.init_ldm(config, latent_shape, abstract=True)
   params = common.restore_ema_params(params, config.ldm.training, common.stage_dir(workdir, "ldm"))
-  return vae, vae_params, net, params["score"], latent_shape
+  return TrainedNetworks(vae, vae_params, net, params["score"], gate, params.get("gate"), latent_shape,
+                         common.latest_step(workdir, "ldm"))
+
+
+def draw_latents(config: ml_collections.ConfigDict, networks: TrainedNetworks, *, method: str,
+                 num_steps: int, num_samples: int, batch_size: int, key: jax.Array,
+                 progress: bool = False) -> np.ndarray:
+  """[num_samples, *latent_shape] latents from the score network with `method` x `num_steps`, drawn
+  in batches of `batch_size` (one compiled sampler; batch i uses fold_in(key, i))."""
+  schedule = common.schedule(config)
+  net, params = networks.score_net, networks.score_params
+
+  def score_fn(z, t):  # s = -eps_hat / sigma (MATH.md section 2)
+    sigma = schedule.sigma(t).reshape((-1,) + (1,) * (z.ndim - 1))
+    return targets.eps_to_score(net.apply(params, z, t), sigma)
+
+  run_batch = jax.jit(lambda key: samplers.sample(score_fn, schedule, key,
+                                                  (batch_size,) + networks.latent_shape,
+                                                  method=method, num_steps=num_steps))
+  batches = range(-(-num_samples // batch_size))
+  if progress:
+    batches = tqdm.tqdm(batches, desc=f"{method} x {num_steps}", unit="batch")
+  latents = np.concatenate([np.asarray(run_batch(jax.random.fold_in(key, i))) for i in batches])
+  latents = latents[:num_samples]
+  if not np.all(np.isfinite(latents)):
+    raise FloatingPointError(f"sampler {method} produced non-finite latents.")
+  return latents
+
+
+def decode(networks: TrainedNetworks, latents: np.ndarray, batch_size: int = 256) -> np.ndarray:
+  """Images in [-1, 1] (float32, the decoder's raw output clipped) of latents [N, h, w, C]."""
+  vae, params = networks.vae, networks.vae_params
+  decode_fn = jax.jit(lambda z: vae.apply(params, z, method=vae.decode))
+  images = np.concatenate([np.asarray(decode_fn(latents[i:i + batch_size]))
+                           for i in range(0, len(latents), batch_size)])
+  return np.clip(images, -1.0, 1.0)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> uint8 pixels, as a PNG would store them."""
+  return np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = config.sample
   toy = config.data.name == common.TOY
-  vae, vae_params, net, score_params, latent_shape = trained_networks(config, workdir)
-  schedule = common.schedule(config)
-
-  def score_fn(z, t):  # s = -eps_hat / sigma (MATH.md section 2)
-    sigma = schedule.sigma(t).reshape((-1,) + (1,) * (z.ndim - 1))
-    return targets.eps_to_score(net.apply(score_params, z, t), sigma)
-
-  run_batch = jax.jit(lambda key: samplers.sample(score_fn, schedule, key, (cfg.batch_size,) + latent_shape,
-                                                  method=cfg.method, num_steps=cfg.num_steps))
-  key = jax.random.PRNGKey(config.seed + 5)
+  networks = trained_networks(config, workdir)
   start = time.perf_counter()
-  latents = []
-  for i in range(-(-cfg.num_samples // cfg.batch_size)):
-    latents.append(np.asarray(run_batch(jax.random.fold_in(key, i))))
-  latents = np.concatenate(latents)[:cfg.num_samples]
-  if not np.all(np.isfinite(latents)):
-    raise FloatingPointError(f"sampler {cfg.method} produced non-finite latents.")
+  latents = draw_latents(config, networks, method=cfg.method, num_steps=cfg.num_steps,
+                         num_samples=cfg.num_samples, batch_size=cfg.batch_size,
+                         key=jax.random.PRNGKey(config.seed + 5))
   seconds = time.perf_counter() - start
   name = f"{cfg.score_source}_{cfg.method}_{cfg.num_steps}"
   out_dir = common.stage_dir(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
   fields = {"stage": "sample", "score_source": cfg.score_source, "method": cfg.method,
             "num_steps": cfg.num_steps, "nfe": samplers.nfe(cfg.method, cfg.num_steps),
-            "num_samples": int(latents.shape[0]), "wall_seconds": seconds}
+            "num_samples": int(latents.shape[0]), "training_step": networks.training_step,
+            "wall_seconds": seconds}
   if toy:
     means, logvars, log_weights = common.toy_field(config)
     _, exact = targets.sample_gaussian_field(jax.random.PRNGKey(config.seed + 6), means, logvars,
@@ -80,10 +125,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     fields["figure"] = plots.plot_samples_2d(exact, {name: latents}, os.path.join(out_dir, f"{name}.png"))
     np.savez(os.path.join(out_dir, f"{name}.npz"), latents=latents)
   else:
-    decode = jax.jit(lambda z: vae.apply(vae_params, z, method=vae.decode))
-    images = np.concatenate([np.asarray(decode(latents[i:i + 256])) for i in range(0, len(latents), 256)])
-    np.savez(os.path.join(out_dir, f"{name}.npz"), latents=latents,
-             images=np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8))
+    images = decode(networks, latents)
+    np.savez(os.path.join(out_dir, f"{name}.npz"), latents=latents, images=to_uint8(images))
     fields["figure"] = plots.plot_image_grid(
         images, os.path.join(out_dir, f"{name}.png"),
         title=f"{config.data.name}: {cfg.score_source}, {cfg.method} x {cfg.num_steps} (NFE {fields['nfe']})")

@@ -1,5 +1,5 @@
 """The demo stage end to end on a tiny configuration, and the modules it composes (toy field,
-variance diagnostics, records, plots)."""
+variance diagnostics, records)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgdiff import diagnostics, plots, records, schedules
+from cgdiff import diagnostics, records, schedules
 from cgdiff.data import toy2d
 from configs import demo
 from experiments import run as run_lib
@@ -67,17 +67,6 @@ def test_records_have_provenance_and_are_written_atomically(tmp_path):
   path = records.write_json(str(tmp_path / "sub" / "r.json"), record)
   assert json.load(open(path))["value"] == 1.5
   assert not os.path.exists(path + ".tmp")
-
-
-def test_plots_write_nonempty_pngs(tmp_path):
-  log_snr = np.linspace(-5, 5, 6)
-  path = plots.plot_target_variances(log_snr, {"tweedie": np.ones(6), "lsi": np.full(6, 0.5)},
-                                     str(tmp_path / "v.png"), gate=np.linspace(0, 1, 6))
-  assert os.path.getsize(path) > 1000
-  rng = np.random.default_rng(0)
-  path = plots.plot_samples_2d(rng.normal(size=(64, 2)), {"a": rng.normal(size=(64, 2))},
-                               str(tmp_path / "s.png"))
-  assert os.path.getsize(path) > 1000
 
 
 def tiny_demo_config():

@@ -29,6 +29,8 @@ def tiny_images():
   config.score_net.update(base_channels=8, channel_mults=(1,), num_res_blocks=1, num_heads=1)
   config.gate.update(hidden_channels=8)
   config.sample.update(num_steps=2, num_samples=4, batch_size=4)
+  config.eval.update(num_samples=8, batch_size=4, num_reconstructions=4, num_reference=8, fid=False,
+                     sw2_projections=8, profile_times=3, profile_batch=4)
   return config
 
 
@@ -65,6 +67,29 @@ def test_stage_metrics_are_logged(image_workdir):
   assert len(ldm) == 2 and all(np.isfinite(m["loss"]) for m in ldm)
   assert 0.0 <= ldm[-1]["gate_min"] <= ldm[-1]["gate_mean"] <= ldm[-1]["gate_max"] <= 1.0
   assert {"reconstruction", "kl", "score_loss", "target_excess_over_lsi"} <= set(cotrain[-1])
+
+
+EVAL_FIELDS = ("date", "git_commit", "config_hash", "config", "training_step", "dataset", "score_source",
+               "sampler", "steps", "nfe", "num_samples", "reference", "sw2", "metrics", "wall_seconds",
+               "figures")
+
+
+def test_eval_stage_writes_a_complete_record_and_every_figure(image_workdir):
+  config = tiny_images()
+  config.ldm.target = "critic_gate_prior"
+  run_lib.run_stages(config, image_workdir, ("eval",))
+  record = json.load(open(os.path.join(image_workdir, "eval", "ldm_heun_pc_2_n8.json")))
+  for field in EVAL_FIELDS:
+    assert record.get(field) is not None, field
+  assert record["training_step"] == 2 and record["nfe"] == 4 and record["num_samples"] == 8
+  assert record["reference"] == {"split": "test", "num_images": 8, "num_reconstructions": 4}
+  metrics = record["metrics"]
+  assert np.isfinite(metrics["sw2_squared"]) and metrics["sw2"] ** 2 == pytest.approx(metrics["sw2_squared"])
+  assert np.isfinite(metrics["sw2_squared_real_vs_real"])  # 32 training images hold 2 x 8
+  assert set(record["figures"]) == {"grid", "pca", "targets", "gate", "training_curves"}
+  for path in record["figures"].values():
+    assert os.path.getsize(path) > 1000, path
+  assert record["wall_seconds"]["total"] > 0
 
 
 def test_later_stages_find_the_vae_of_either_source(image_workdir):
