@@ -197,10 +197,10 @@ def plot_training_curves(logs: Mapping[str, list[dict]], path: str,
   fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
   for ax, key in zip(axes.ravel(), present):
     positive = True
-    for stage, records_ in logs.items():
+    for colour, (stage, records_) in enumerate(logs.items()):
       points = [(r["step"], r[key]) for r in records_ if key in r and np.isfinite(r[key])]
       if points:
-        ax.plot(*zip(*points), marker=".", label=stage)
+        ax.plot(*zip(*points), marker=".", label=stage, color=f"C{colour}")  # one colour per stage
         positive = positive and min(v for _, v in points) > 0
     if positive and key != "gate_mean":  # losses span decades; the gate lives in [0, 1]
       ax.set_yscale("log")

@@ -2,6 +2,7 @@
 generated shapes data set, small enough for a 2-core CPU in a few minutes.
 
 python -m experiments.run --config=configs/quickstart.py --workdir=runs/quickstart
+python -m experiments.run --config=configs/quickstart.py --workdir=runs/quickstart --stages=eval
 """
 
 from configs import base
@@ -23,4 +24,8 @@ def get_config():
                                       warmup_steps=50, lr_schedule="cosine", ema_decay=0.99,
                                       log_every=100, checkpoint_every=300)
   config.sample.update(num_samples=64, batch_size=64)
+  # `--stages=eval` on the trained workdir: small N for a CPU (FID is biased upwards at small N: the
+  # record states N and the reference size).
+  config.eval.update(num_samples=512, batch_size=128, num_reference=512, num_reconstructions=512,
+                     inception_batch_size=32, profile_batch=256)
   return config
