@@ -1,0 +1,179 @@
+"""The PyTorch comparator of benchmarks/ is the same computation as cgdiff, and the benchmark command runs.
+
+Skipped without torch (pip install -e ".[bench]"). The comparator must match cgdiff's modules exactly for
+its speed to mean anything: same parameter counts at 001's full size, the same outputs for the same
+parameters at a tiny size, the same schedule, the same deterministic sampler; then a tiny --quick run of
+benchmarks.run writes a record with every field.
+
+Cost: XLA compiles dominate (about 40 s on 2 busy cores), so parameter counts use jax.eval_shape (no
+compile), parameters are filled by numpy, and compiled functions skip XLA's backend optimisation.
+"""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+# pylint: disable=wrong-import-position
+from benchmarks import run, torch_models, torch_steps
+from cgdiff import samplers, schedules, targets
+from cgdiff.models import build
+from configs import base as base_config
+
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+CONFIG = base_config.get_config()
+TINY_UNET = dict(kind="unet", base_channels=64, channel_mults=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(4,), num_heads=4)
+TINY_VAE = dict(latent_channels=4, out_channels=3, channels=(16, 32, 64), num_latent_res_blocks=1,
+                min_logvar=-10.0)
+TINY_GATE = dict(granularity="element", hidden_channels=32, num_layers=2, time_embed_dim=16, init_logit=2.0)
+
+
+def count(tree) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def nchw(x) -> "torch.Tensor":
+  return torch.from_numpy(np.array(np.asarray(x).transpose(0, 3, 1, 2), np.float32))
+
+
+def filled_params(module, *inputs, seed: int = 0):
+  """Parameters of module.init's shapes, from numpy: kernels N(0, 1/fan_in), GroupNorm scales
+  1 + N(0, 0.1^2), biases N(0, 0.1^2); nothing is zero, so every parameter changes the output."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    fan_in = np.prod(leaf.shape[:-1]) if leaf.ndim > 1 else 100.0
+    offset = 1.0 if path[-1].key == "scale" else 0.0
+    return jnp.asarray(offset + rng.standard_normal(leaf.shape) / np.sqrt(fan_in), jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs))
+
+
+def torch_unet(cfg: dict) -> torch_models.UNet:
+  return run.torch_unet(cfg, (8, 8, 4))
+
+
+@pytest.mark.parametrize("base", [128, 64])
+def test_unet_parameter_count_matches_at_full_size(base):
+  cfg = run.score_config(CONFIG, base, run.Settings())
+  net = build.score_net(cfg)
+  shapes = build.abstract_init(net, jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)))
+  assert torch_models.count_parameters(torch_unet(cfg)) == count(shapes)
+
+
+def test_vae_and_gate_parameter_counts_match_at_full_size():
+  vae_cfg = run.plain(CONFIG.vae.model.to_dict())
+  vae = build.vae(vae_cfg)
+  tvae = torch_models.VAE(**vae_cfg)
+  assert torch_models.count_parameters(tvae) == count(build.abstract_init(vae, jnp.zeros((1, 32, 32, 3))))
+  for granularity in ("example", "channel", "element"):
+    cfg = {**CONFIG.gate.to_dict(), "granularity": granularity}
+    shapes = build.abstract_init(build.gate(cfg), jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)))
+    assert torch_models.count_parameters(torch_models.CriticGate(4, **cfg)) == count(shapes), granularity
+
+
+def test_torch_schedule_matches_cgdiff():
+  # cgdiff evaluates in float32, the comparator in float64. The worst conditioned is beta = tan(theta)
+  # near t_max: relative condition theta / (sin theta cos theta) ~ 200 times float32's 6e-8 is 1.2e-5;
+  # rtol 1e-4 leaves a factor 8. log-SNR crosses 0, so it gets an absolute tolerance of the same size.
+  schedule = schedules.cosine(**CONFIG.schedule.kwargs)
+  comparator = torch_steps.CosineSchedule(**CONFIG.schedule.kwargs.to_dict())
+  t = np.linspace(schedule.t_min, schedule.t_max, 201)
+  for name in ("alpha", "sigma", "beta"):
+    np.testing.assert_allclose(getattr(comparator, name)(torch.tensor(t, dtype=torch.float32)).numpy(),
+                               np.asarray(getattr(schedule, name)(jnp.asarray(t, jnp.float32))), rtol=1e-4,
+                               err_msg=name)
+  np.testing.assert_allclose(comparator.log_snr(torch.tensor(t)).numpy(),
+                             np.asarray(schedule.log_snr(jnp.asarray(t, jnp.float32))), atol=1e-4)
+  for steps in (10, 50):
+    np.testing.assert_allclose(comparator.time_grid(steps).numpy(),
+                               np.asarray(schedules.time_grid(schedule, steps)), atol=1e-6)
+
+
+def _flax_and_torch(kind: str):
+  """(Flax module, its filled params, the torch module with the same weights, inputs NHWC)."""
+  z = jnp.asarray(np.random.default_rng(1).standard_normal((3, 8, 8, 4)), jnp.float32)
+  t = jnp.asarray([0.01, 0.5, 0.99], jnp.float32)
+  if kind == "unet":
+    module, inputs, comparator = build.score_net(TINY_UNET), (z, t), torch_unet(TINY_UNET)
+  elif kind == "gate":
+    module, inputs, comparator = build.gate(TINY_GATE), (z, t), torch_models.CriticGate(4, **TINY_GATE)
+  else:
+    x = jnp.tanh(jnp.asarray(np.random.default_rng(2).standard_normal((2, 16, 16, 3)), jnp.float32))
+    module, inputs, comparator = build.vae(TINY_VAE), (x,), torch_models.VAE(**TINY_VAE)
+  params = filled_params(module, *inputs)
+  comparator.load_state_dict(torch_models.flax_to_torch_state(params, comparator))
+  return module, params, comparator, inputs
+
+
+@pytest.mark.parametrize("kind", ["unet", "vae", "gate"])
+def test_same_parameters_give_the_same_outputs(kind):
+  # float32 round-off: each of the ~30 layers in sequence adds about sqrt(fan_in) * 6e-8 <= 3e-6 relative
+  # error (fan_in <= 9 * 256), GroupNorm re-scales it but does not amplify it: 1e-4 of the output's scale
+  # bounds the sum with a factor > 1. Layouts differ (NHWC vs NCHW), so this also checks every transpose.
+  module, params, comparator, inputs = _flax_and_torch(kind)
+  expected = jax.jit(module.apply, compiler_options=FAST_COMPILE)(params, *inputs)
+  with torch.no_grad():
+    got = comparator(*(nchw(x) if x.ndim == 4 else torch.from_numpy(np.array(x)) for x in inputs))
+  for e, g in zip(jax.tree.leaves(expected), got if isinstance(got, tuple) else (got,)):
+    e = np.asarray(e).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(g.numpy(), e, atol=1e-4 * np.max(np.abs(e)))
+
+
+def test_rk4_sampler_matches_cgdiff():
+  # A linear noise model eps(z, t) = c z has no round-off of its own: the two RK4 integrations differ
+  # by float32 round-off of the schedule and the updates only, ~1e-6 relative over 3 steps.
+  c = 0.3
+  schedule = schedules.cosine(**CONFIG.schedule.kwargs)
+  comparator = torch_steps.CosineSchedule(**CONFIG.schedule.kwargs.to_dict())
+  z = jnp.asarray(np.random.default_rng(3).standard_normal((5, 8, 8, 4)), jnp.float32)
+  score_fn = lambda zz, tt: targets.eps_to_score(c * zz, schedule.sigma(tt).reshape(-1, 1, 1, 1))
+  expected = samplers.sample(score_fn, schedule, jax.random.PRNGKey(0), z.shape, method="rk4", num_steps=3,
+                             z_init=z)
+  got = torch_steps.sample(lambda zz, tt: c * zz, comparator, (5, 4, 8, 8), method="rk4", num_steps=3,
+                           z_init=nchw(z))
+  np.testing.assert_allclose(got.numpy(), np.asarray(expected).transpose(0, 3, 1, 2), rtol=1e-4, atol=1e-5)
+
+
+def test_heun_pc_keeps_a_standard_normal_with_its_exact_score():
+  # Data N(0, I) stays N(0, I) under the VP process: eps = sigma z exactly. 2000 x 4 draws: the sample
+  # standard deviation has sd 1/sqrt(2 * 8000) = 0.008; 0.04 is 5 sd (plus Heun's small step error).
+  comparator = torch_steps.CosineSchedule(**CONFIG.schedule.kwargs.to_dict())
+  eps_model = lambda z, t: comparator.sigma(t).view(-1, 1, 1, 1) * z
+  z = torch_steps.sample(eps_model, comparator, (2000, 4, 1, 1), method="heun_pc", num_steps=50,
+                         generator=torch.Generator().manual_seed(0))
+  assert torch.isfinite(z).all()
+  assert abs(float(z.std()) - 1.0) < 0.04 and abs(float(z.mean())) < 0.04
+
+
+def test_quick_benchmark_writes_a_record_with_every_field(tmp_path):
+  # One UNet target (the critic-gate, which exercises the most: two networks on each side) keeps the
+  # run at about 40 s of CPU, nearly all of it XLA compiles; the other targets differ only in the loss.
+  settings = dataclasses.replace(run.QUICK, targets=("critic_gate",))
+  path = tmp_path / "quick.json"
+  run.benchmark(settings, out=str(path))
+  record = json.loads(path.read_text())
+  assert {"date", "command", "git_commit", "machine", "versions", "settings", "results", "derived",
+          "wall_s"} <= set(record)
+  assert {"platform", "cpu_model", "cores", "jax_device_kind", "torch_device", "torch_threads"} <= set(
+      record["machine"])
+  assert {"python", "jax", "jaxlib", "flax", "torch"} <= set(record["versions"])
+  results = record["results"]
+  assert [m["target"] for m in results["unet"]] == ["critic_gate"]
+  assert [m.get("method") for m in results["sample"]] == [None, "heun_pc", "rk4"]
+  for m in [results["peak"], results["vae"], *results["unet"], *results["sample"]]:
+    assert m["speed_ratio"] > 0, m["name"]
+    for side in ("cgdiff", "torch"):
+      assert len(m[side]["samples_s"]) >= settings.reps and m[side]["median_s"] > 0, m["name"]
+  unet = results["unet"][0]["cgdiff"]
+  assert unet["compile_s"] > 0 and unet["flops"] > 0
+  derived = record["derived"]
+  assert len(derived["unet_gflops"]) == 1 and derived["unet_gflops"][0]["cgdiff_gflops"] > 0
+  assert derived["target_over_baseline"] == []  # no baseline step in this run
+  assert [set(row) for row in derived["sampler_overhead"]] == [{"name", "cgdiff", "torch"}] * 2
