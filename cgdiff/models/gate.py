@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cgdiff.models.layers import GroupNorm, TimeEmbedding, broadcast_time, conv3x3
+from cgdiff.models.layers import GroupNorm, TimeEmbedding, broadcast_time, conv1x1, conv3x3
 
 Array = jax.Array
 
@@ -86,7 +86,7 @@ class CriticGate(nn.Module):
         h = GroupNorm(name=f"norm{i}")(conv3x3(self.hidden_channels, name=f"conv{i}")(h))
         h = nn.silu(h + nn.Dense(self.hidden_channels, name=f"time_proj{i}")(temb)[:, None, None, :])
       if self.granularity == "element":
-        logit = nn.Conv(features, (1, 1), name="head", **head_init)(h)             # (B, H, W, C)
+        logit = conv1x1(features, name="head", **head_init)(h)                      # (B, H, W, C)
       else:
         pooled = jnp.mean(h, axis=(1, 2), keepdims=True)                          # (B, 1, 1, hidden)
         width = features if self.granularity == "channel" else 1

@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cgdiff.models.layers import ConvBlock, ResBlock, check_image_batch, conv3x3, upsample_nearest
+from cgdiff.models.layers import ConvBlock, ResBlock, check_image_batch, conv1x1, conv3x3
 
 Array = jax.Array
 
@@ -73,10 +73,10 @@ class VAE(nn.Module):
     chans = tuple(self.channels)
     self.enc_blocks = [ConvBlock(c, stride=1 if i == 0 else 2) for i, c in enumerate(chans)]
     self.enc_res = [ResBlock(chans[-1]) for _ in range(self.num_latent_res_blocks)]
-    self.enc_head = nn.Conv(2 * self.latent_channels, (1, 1))
+    self.enc_head = conv1x1(2 * self.latent_channels)
     self.dec_in = ConvBlock(chans[-1])
     self.dec_res = [ResBlock(chans[-1]) for _ in range(self.num_latent_res_blocks)]
-    self.dec_blocks = [ConvBlock(c) for c in reversed(chans[:-1])]
+    self.dec_blocks = [ConvBlock(c, upsample=2) for c in reversed(chans[:-1])]
     self.dec_out = conv3x3(self.out_channels)
 
   def encode(self, x: Array) -> tuple[Array, Array]:
@@ -112,7 +112,7 @@ class VAE(nn.Module):
     for block in self.dec_res:
       h = block(h)
     for block in self.dec_blocks:
-      h = block(upsample_nearest(h))
+      h = block(h)  # nearest x2, conv3x3, GroupNorm, SiLU
     return jnp.tanh(self.dec_out(h))
 
   def __call__(self, x: Array) -> tuple[Array, Array, Array]:
