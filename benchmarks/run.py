@@ -25,7 +25,11 @@ How: cgdiff's steps are built through its public API the way the training stages
 (objectives + cgdiff.train.step.make_train_step, pmapped with the state donated as cgdiff.train.loop
 does; samplers.sample under jax.jit), compiled ahead of time (compile time reported apart), then every
 measurement runs the two sides alternately A B A B ... after `--warmup` untimed calls each; each call
-blocks on its result (jax.block_until_ready; torch.cuda.synchronize on a GPU). torch uses as many
+blocks on its result (jax.block_until_ready; torch.cuda.synchronize on a GPU). Measurements whose ratio
+is a target share one alternation: the three UNet targets' steps (critic-gate / baseline and LSI /
+baseline time), and the network forward (4 calls per slot) with both samplers (wall / (NFE x
+forward)); those ratios are medians of per-repetition ratios, since this machine's speed drifts by tens
+of per cent over minutes. torch uses as many
 threads as the process has cores (XLA:CPU uses them all by default); the record says how many. The
 table gives the median time per call with its min-max spread, throughputs, and the speed ratio torch
 time / cgdiff time (> 1: cgdiff faster), with the min-max of the per-repetition paired ratios. A JSON
@@ -90,6 +94,7 @@ class Settings:
   rk4_steps: int = 10
   sample_reps: int | None = 3         # None: reps (a Heun-PC call at base 128 is ~100 forwards)
   sample_warmup: int = 1              # a sampler call is itself 40-100 network calls
+  forward_calls: int = 4              # network forwards per timed slot next to the samplers
   compiler_options: dict | None = None  # XLA options of every cgdiff compile (quick: no backend optimisation)
   torch_compile: bool = False         # also time the torch train steps under torch.compile
   quick: bool = False
@@ -99,7 +104,7 @@ QUICK = Settings(
     reps=1, warmup=1, matmul_n=256, vae_batch=4, vae_model={"channels": (8, 16)}, unet_batch=4,
     latent_shape=(4, 4, 4), unet_bases=(64,),
     unet_model={"channel_mults": (1,), "num_res_blocks": 1, "attention_resolutions": ()},
-    sample_base=64, sample_batch=4, heun_steps=2, rk4_steps=1, sample_reps=1,
+    sample_base=64, sample_batch=4, heun_steps=2, rk4_steps=1, sample_reps=1, forward_calls=1,
     compiler_options={"xla_backend_optimization_level": 0}, quick=True)
 
 
@@ -166,8 +171,8 @@ def summary(samples: list[float]) -> dict[str, Any]:
           "samples_s": samples}
 
 
-def alternate(sides: dict[str, Side], reps: int, warmup: int) -> dict[str, list[float]]:
-  """Seconds per call of each side, timed alternately A B A B ... after `warmup` untimed calls each."""
+def alternate(sides: dict[Any, Side], reps: int, warmup: int) -> dict[Any, list[float]]:
+  """Seconds per call of each side, timed alternately A B C A B C ... after `warmup` untimed calls each."""
   for _ in range(warmup):
     for side in sides.values():
       side.run()
@@ -180,12 +185,12 @@ def alternate(sides: dict[str, Side], reps: int, warmup: int) -> dict[str, list[
   return samples
 
 
-def measure(name: str, sides: dict[str, Side], items: int, unit: str, reps: int, warmup: int,
-            **extra: Any) -> dict[str, Any]:
-  """Times `sides` ({'cgdiff': ..., 'torch': ..., optionally 'torch_compile': ...}) and returns the record
-  of the measurement. ratios[side]: that side's time / cgdiff's time (> 1: cgdiff faster), of the medians
-  and per repetition (paired); speed_ratio is the one against eager torch."""
-  samples = alternate(sides, reps, warmup)
+def comparison(name: str, sides: dict[str, Side], samples: dict[str, list[float]], items: int, unit: str,
+               **extra: Any) -> dict[str, Any]:
+  """The record of one measurement of `sides` ({'cgdiff': ..., 'torch': ..., optionally
+  'torch_compile': ...}) from their timed `samples`. ratios[side]: that side's time / cgdiff's time
+  (> 1: cgdiff faster), of the medians and per repetition (paired); speed_ratio is the one against eager
+  torch."""
   out = {"name": name, "items_per_call": items, "unit": unit, **extra, "ratios": {}}
   for side_name, side in sides.items():
     out[side_name] = {**summary(samples[side_name]), "compile_s": side.compile_s, "flops": side.flops,
@@ -197,6 +202,27 @@ def measure(name: str, sides: dict[str, Side], items: int, unit: str, reps: int,
   out["speed_ratio"] = out["ratios"]["torch"]["median"]
   print_row(out)
   return out
+
+
+def measure(name: str, sides: dict[str, Side], items: int, unit: str, reps: int, warmup: int,
+            **extra: Any) -> dict[str, Any]:
+  """Times `sides` alternately and returns `comparison`'s record."""
+  return comparison(name, sides, alternate(sides, reps, warmup), items, unit, **extra)
+
+
+def measure_together(groups: dict[str, dict[str, Side]], reps: int, warmup: int
+                     ) -> dict[str, dict[str, list[float]]]:
+  """Times every side of every group in one alternation (g1.cgdiff g1.torch g2.cgdiff ... repeated), so
+  that ratios between groups (a target's step over the baseline's, a sampler over the forward) pair
+  calls made moments apart: the machine's speed drifts over minutes. Returns samples[group][side]."""
+  flat = alternate({(g, s): side for g, sides in groups.items() for s, side in sides.items()}, reps, warmup)
+  return {g: {s: flat[(g, s)] for s in sides} for g, sides in groups.items()}
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict[str, float]:
+  """Median of the per-repetition ratios of two sides timed in one alternation, with their min and max."""
+  ratios = [a / b for a, b in zip(numerator, denominator)]
+  return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
 def print_header() -> None:
@@ -381,23 +407,30 @@ def section_unet(base: int, settings: Settings, config, device: torch.device) ->
   schedule = schedules.make(config.schedule.name, **config.schedule.kwargs)
   torch_schedule = torch_steps.CosineSchedule(**config.schedule.kwargs.to_dict())
   training = config.ldm.training
-  out = []
+  groups, extras = {}, {}
   for target in settings.targets:
     critic = target == "critic_gate"
     params = {"score": score_params, **({"gate": gate_params} if critic else {})}
     loss_fn = functools.partial(objectives.diffusion_loss, eps_fn=net.apply, schedule=schedule, target=target,
                                 gate_fn=gate.apply if critic else None)
-    cg = cgdiff_train_side(loss_fn, params, posterior, training, settings)
     modules = {"score": torch_module(torch_unet(cfg, settings.latent_shape), score_params)}
     if critic:
       gate_module = torch_models.CriticGate(settings.latent_shape[-1], **config.gate.to_dict())
       modules["gate"] = torch_module(gate_module, gate_params)
-    th = torch_train_sides(modules, torch_steps.diffusion_loss(torch_schedule, target), torch_posterior,
-                           training, device, settings)
-    out.append(measure(f"UNet{base} step {target} b{settings.unet_batch} (lat)", {"cgdiff": cg, **th},
-                       settings.unet_batch, "latents", settings.reps, settings.warmup, base=base,
-                       target=target, parameters=int(sum(x.size for x in jax.tree.leaves(params)))))
-    del cg, th, modules
+    groups[target] = {"cgdiff": cgdiff_train_side(loss_fn, params, posterior, training, settings),
+                      **torch_train_sides(modules, torch_steps.diffusion_loss(torch_schedule, target),
+                                          torch_posterior, training, device, settings)}
+    extras[target] = {"base": base, "target": target,
+                      "parameters": int(sum(x.size for x in jax.tree.leaves(params)))}
+  samples = measure_together(groups, settings.reps, settings.warmup)
+  out = []
+  for target, sides in groups.items():
+    rec = comparison(f"UNet{base} step {target} b{settings.unet_batch} (lat)", sides, samples[target],
+                     settings.unet_batch, "latents", **extras[target])
+    if target != "tweedie" and "tweedie" in samples:
+      rec["over_baseline"] = {side: paired_ratio(samples[target][side], samples["tweedie"][side])
+                              for side in ("cgdiff", "torch")}
+    out.append(rec)
   return out
 
 
@@ -421,16 +454,17 @@ def section_sample(settings: Settings, config, device: torch.device) -> list[dic
       tnet(tz, tt)
     torch_sync(device)
 
-  cg = jax_call(compiled, (params, z, t))
-  cg.compile_s, cg.flops = compile_s, flops_of(compiled)
-  forward = measure(f"UNet{settings.sample_base} forward b{batch} (lat)",
-                    {"cgdiff": cg, "torch": Side(torch_forward)}, batch, "latents", reps, settings.warmup)
-  out = [forward]
+  k = settings.forward_calls
+  forward_cg = jax_call(compiled, (params, z, t))
+  groups = {"forward": {  # k forwards per slot: a sampler call is ~NFE forwards, so time the forward well
+      "cgdiff": Side(lambda: [forward_cg.run() for _ in range(k)], compile_s, flops_of(compiled)),
+      "torch": Side(lambda: [torch_forward() for _ in range(k)])}}
 
   def score_fn(p):  # s = -eps_hat / sigma (MATH.md section 2), as experiments/sampling.py
     return lambda zz, tt: targets.eps_to_score(net.apply(p, zz, tt), schedule.sigma(tt).reshape(-1, 1, 1, 1))
 
-  for method, steps in (("heun_pc", settings.heun_steps), ("rk4", settings.rk4_steps)):
+  methods = (("heun_pc", settings.heun_steps), ("rk4", settings.rk4_steps))
+  for method, steps in methods:
     run = lambda p, key, method=method, steps=steps: samplers.sample(score_fn(p), schedule, key, shape,
                                                                      method=method, num_steps=steps)
     key = jax.random.PRNGKey(4)
@@ -443,11 +477,20 @@ def section_sample(settings: Settings, config, device: torch.device) -> list[dic
                          num_steps=steps, device=device)
       torch_sync(device)
 
+    groups[method] = {"cgdiff": cg, "torch": Side(torch_sample)}
+  # The forward and both samplers in one alternation: wall / (NFE x forward) pairs calls made together.
+  samples = measure_together(groups, reps, settings.sample_warmup)
+  samples["forward"] = {side: [x / k for x in xs] for side, xs in samples["forward"].items()}
+  out = [comparison(f"UNet{settings.sample_base} forward b{batch} (lat)", groups["forward"],
+                    samples["forward"], batch, "latents", calls_per_slot=k)]
+  for method, steps in methods:
     nfe = samplers.nfe(method, steps)
-    rec = measure(f"{method} x{steps} NFE {nfe} b{batch} (lat)", {"cgdiff": cg, "torch": Side(torch_sample)},
-                  batch, "latents", reps, settings.sample_warmup, method=method, num_steps=steps, nfe=nfe)
-    rec["wall_over_nfe_forward"] = {side: rec[side]["median_s"] / (nfe * forward[side]["median_s"])
-                                    for side in ("cgdiff", "torch")}
+    rec = comparison(f"{method} x{steps} NFE {nfe} b{batch} (lat)", groups[method], samples[method], batch,
+                     "latents", method=method, num_steps=steps, nfe=nfe)
+    overhead = {side: paired_ratio(samples[method][side], [nfe * f for f in samples["forward"][side]])
+                for side in ("cgdiff", "torch")}
+    rec["wall_over_nfe_forward"] = {side: r["median"] for side, r in overhead.items()}
+    rec["wall_over_nfe_forward_spread"] = overhead
     out.append(rec)
   return out
 
@@ -469,13 +512,11 @@ def derived(results: dict[str, Any]) -> dict[str, Any]:
       row[f"{side}_share_of_jnp_dot_peak"] = gflops / peak["cgdiff"] if peak else None
       row[f"{side}_share_of_torch_mm_peak"] = gflops / peak["torch"] if peak else None
     out["unet_gflops"].append(row)
-  baselines = {rec["base"]: rec for rec in unet if rec["target"] == "tweedie"}
   for rec in unet:
-    if rec["target"] != "tweedie" and rec["base"] in baselines:
-      b = baselines[rec["base"]]
+    if "over_baseline" in rec:  # medians of the ratios of calls paired in one alternation
       out["target_over_baseline"].append(
           {"name": f"UNet{rec['base']} {rec['target']} / tweedie step time",
-           **{side: rec[side]["median_s"] / b[side]["median_s"] for side in ("cgdiff", "torch")}})
+           **{side: rec["over_baseline"][side]["median"] for side in ("cgdiff", "torch")}})
   for rec in results.get("sample", []):
     if "wall_over_nfe_forward" in rec:
       out["sampler_overhead"].append({"name": rec["name"], **rec["wall_over_nfe_forward"]})

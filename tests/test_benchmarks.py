@@ -177,3 +177,20 @@ def test_quick_benchmark_writes_a_record_with_every_field(tmp_path):
   assert len(derived["unet_gflops"]) == 1 and derived["unet_gflops"][0]["cgdiff_gflops"] > 0
   assert derived["target_over_baseline"] == []  # no baseline step in this run
   assert [set(row) for row in derived["sampler_overhead"]] == [{"name", "cgdiff", "torch"}] * 2
+  for rec in results["sample"][1:]:
+    for side in ("cgdiff", "torch"):
+      spread = rec["wall_over_nfe_forward_spread"][side]
+      assert spread["min"] <= rec["wall_over_nfe_forward"][side] == spread["median"] <= spread["max"]
+
+
+def test_grouped_alternation_interleaves_every_side_and_pairs_the_ratios():
+  # Ratios between groups (target step / baseline step, sampler / forward) pair calls made moments apart:
+  # after the warm-up round every repetition calls each side once, in the same order.
+  calls = []
+  side = lambda name: run.Side(lambda: calls.append(name))
+  groups = {"a": {"cgdiff": side("a.cg"), "torch": side("a.th")}, "b": {"cgdiff": side("b.cg")}}
+  samples = run.measure_together(groups, reps=3, warmup=1)
+  assert calls == ["a.cg", "a.th", "b.cg"] * 4
+  assert {g: {s: len(x) for s, x in sides.items()} for g, sides in samples.items()} == {
+      "a": {"cgdiff": 3, "torch": 3}, "b": {"cgdiff": 3}}
+  assert run.paired_ratio([2.0, 6.0, 3.0], [1.0, 2.0, 3.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
