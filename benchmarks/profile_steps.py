@@ -60,7 +60,8 @@ import numpy as np
 
 from cgdiff import objectives
 from cgdiff.models import build, conv as conv_lib, layers
-from cgdiff.train import loop as loop_lib, state as state_lib, step as step_lib
+from benchmarks.xla_cost import flops_of
+from cgdiff.train import loop as loop_lib, state as state_lib
 from configs import base as base_config
 from experiments import common, training
 
@@ -76,16 +77,9 @@ def median_ms(fn, reps: int) -> tuple[float, float, float]:
   return float(np.median(times)), float(np.min(times)), float(np.max(times))
 
 
-def flops_of(compiled) -> float:
-  """XLA's FLOP count of a compiled program (0 when the backend gives none)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0))
-
-
 def report(label: str, ms: tuple[float, float, float], flops: float, peak: float | None,
            extra: str = "") -> None:
+  flops = flops or 0.0  # None: the backend gave no cost analysis
   gflops = flops / (ms[0] * 1e6) if flops else 0.0
   share = f" {100 * gflops / peak:5.1f}% peak" if peak and gflops else ""
   print(f"  {label:<44s} {ms[0]:9.2f} ms [{ms[1]:.2f}-{ms[2]:.2f}] {flops / 1e9:8.2f} GFLOP "
@@ -137,16 +131,10 @@ def op_profile(fn, top: int = 25) -> None:
 
 
 # --- full train steps -----------------------------------------------------------------------------------
-def pmapped_step(loss_fn, training_config):
-  """(p_step, tx): the train step as cgdiff.train.loop builds and calls it."""
-  tx = state_lib.make_optimizer(training_config, training_config.num_steps)
-  step = step_lib.make_train_step(loss_fn, tx, ema_decay=training_config.ema_decay)
-  return jax.pmap(step, axis_name="batch", in_axes=(0, 0, 0, None), donate_argnums=(0,)), tx
-
-
 def time_train_step(label: str, loss_fn, params, batch, training_config, reps: int, peak: float,
                     ops: bool) -> None:
-  p_step, tx = pmapped_step(loss_fn, training_config)
+  tx = state_lib.make_optimizer(training_config, training_config.num_steps)
+  p_step = loop_lib.pmapped_train_step(loss_fn, tx, ema_decay=training_config.ema_decay)
   state = loop_lib.replicate(state_lib.create_state(params, tx))
   batch = jax.tree.map(lambda x: x[None], batch)  # one local device
   ids = jnp.arange(jax.tree.leaves(batch)[0].shape[1])[None]
@@ -154,7 +142,7 @@ def time_train_step(label: str, loss_fn, params, batch, training_config, reps: i
   start = time.perf_counter()
   compiled = p_step.lower(state, batch, ids, key).compile()
   compile_s = time.perf_counter() - start
-  flops = flops_of(compiled)
+  flops = flops_of(compiled) or 0.0
   holder = [state]
 
   def run():

@@ -61,11 +61,11 @@ import torch
 from torch import nn
 
 from benchmarks import torch_models, torch_steps
+from benchmarks.xla_cost import flops_of
 from cgdiff import objectives, records, samplers, schedules, targets
 from cgdiff.models import build
 from cgdiff.train import loop as loop_lib
 from cgdiff.train import state as state_lib
-from cgdiff.train import step as step_lib
 from configs import base as base_config
 
 SECTIONS = ("peak", "vae", "unet128", "unet64", "sample")
@@ -250,15 +250,6 @@ def print_row(rec: dict[str, Any]) -> None:
 
 
 # --- cgdiff programs -------------------------------------------------------------------------------------
-def flops_of(compiled) -> float | None:
-  """XLA's FLOP count of a compiled program (None when the backend gives none)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  flops = (cost or {}).get("flops")
-  return float(flops) if flops else None
-
-
 def compile_jax(fn, args: tuple, settings: Settings, **jit_kwargs) -> tuple[Any, float]:
   """(compiled jax.jit(fn) for args, seconds to lower and compile)."""
   start = time.perf_counter()
@@ -273,8 +264,7 @@ def jax_call(compiled, args: tuple) -> Side:
 def cgdiff_train_side(loss_fn, params, batch, training, settings: Settings) -> Side:
   """cgdiff's train step as cgdiff.train.loop builds and calls it (pmapped, state donated)."""
   tx = state_lib.make_optimizer(training, training.num_steps)
-  p_step = jax.pmap(step_lib.make_train_step(loss_fn, tx, ema_decay=training.ema_decay),
-                    axis_name="batch", in_axes=(0, 0, 0, None), donate_argnums=(0,))
+  p_step = loop_lib.pmapped_train_step(loss_fn, tx, ema_decay=training.ema_decay)
   num_devices = jax.local_device_count()
   size = jax.tree.leaves(batch)[0].shape[0]
   split = lambda x: jnp.reshape(x, (num_devices, x.shape[0] // num_devices) + x.shape[1:])

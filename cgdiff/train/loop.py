@@ -65,6 +65,14 @@ def replicate(tree: Any, axis_name: str = "batch") -> Any:
       tree)
 
 
+def pmapped_train_step(loss_fn: step_lib.LossFn, tx, *, ema_decay: float):
+  """step_lib.make_train_step pmapped over the local devices as `train` calls it:
+  p_step(replicated state, batch [devices, b, ...], example ids [devices, b], base key) ->
+  (state, metrics); the state's buffers are donated."""
+  return jax.pmap(step_lib.make_train_step(loss_fn, tx, ema_decay=ema_decay), axis_name="batch",
+                  in_axes=(0, 0, 0, None), donate_argnums=(0,))
+
+
 def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any], *,
           optimizer: ml_collections.ConfigDict, loop: TrainLoopConfig, workdir: str,
           key: jax.Array) -> TrainState:
@@ -89,8 +97,7 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
     ckpt.close()
     return state
 
-  p_step = jax.pmap(step_lib.make_train_step(loss_fn, tx, ema_decay=loop.ema_decay),
-                    axis_name="batch", in_axes=(0, 0, 0, None), donate_argnums=(0,))
+  p_step = pmapped_train_step(loss_fn, tx, ema_decay=loop.ema_decay)
   writer = writers.create_writer(workdir, tensorboard=loop.tensorboard, quiet=jax.process_index() > 0)
   replicated = replicate(state)
   pending: list[tuple[int, dict]] = []
