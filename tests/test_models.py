@@ -225,16 +225,17 @@ def test_conv2d_matches_lax_values_and_derivatives(x_shape, k, c_out, stride, pa
   assert_rounding_close(jvp(ours), jvp(ref), 2 * per_output)  # forward mode too (custom_jvp route)
 
 
-@pytest.mark.parametrize("x_shape, k, stride, upsample", [((2, 6, 6, 8), 3, 1, 1), ((2, 6, 6, 8), 3, 2, 1),
-                                                          ((2, 4, 4, 8), 1, 1, 1), ((2, 3, 4, 8), 3, 1, 2),
-                                                          ((2, 2, 2, 8), 3, 1, 2)])
-def test_conv_module_is_flax_conv(x_shape, k, stride, upsample):
+@pytest.mark.parametrize("x_shape, k, stride, upsample, features", [
+    ((2, 6, 6, 8), 3, 1, 1, 16), ((2, 6, 6, 8), 3, 2, 1, 16), ((2, 4, 4, 8), 1, 1, 1, 16),
+    ((2, 3, 4, 8), 3, 1, 2, 16), ((2, 2, 2, 8), 3, 1, 2, 16),
+    ((2, 4, 4, 8), 3, 1, 2, 64)])  # phase convolutions with the tap-dot kernel gradient
+def test_conv_module_is_flax_conv(x_shape, k, stride, upsample, features):
   # The same parameter tree and initial draws as nn.Conv from the same key, and the same map (of the
   # nearest-upsampled input when upsample=2: four 2x2 phase convolutions with summed taps).
   x = normal(0, x_shape)
   pad = (k - 1) // 2
-  ours = Conv(16, k, stride, padding=pad, upsample=upsample, bias_init=nn.initializers.constant(0.3))
-  ref = nn.Conv(16, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+  ours = Conv(features, k, stride, padding=pad, upsample=upsample, bias_init=nn.initializers.constant(0.3))
+  ref = nn.Conv(features, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                 bias_init=nn.initializers.constant(0.3))
   x_ref = upsample_nearest(x, upsample) if upsample > 1 else x
   params = jit(ours.init)(KEY, x)
