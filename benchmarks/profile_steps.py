@@ -2,7 +2,7 @@
 
     python benchmarks/profile_steps.py                       # everything (a few minutes on 2 cores)
     python benchmarks/profile_steps.py --only=peak,unet64    # a subset: peak, unet64, unet128, vae, blocks
-    python benchmarks/profile_steps.py --only=unet64 --ops   # + the 25 costliest XLA ops of each step
+    python benchmarks/profile_steps.py --only=unet64 --ops   # + op time by kind, the 25 costliest ops
 
 For the UNet of 001 (base 64 and 128, batch 128, 8x8x4 latents) and the VAE (batch 128, 32x32x3) it
 times the jitted train step exactly as the training stages build it (cgdiff.train.step.make_train_step
@@ -60,7 +60,7 @@ import numpy as np
 
 from cgdiff import objectives
 from cgdiff.models import build, conv as conv_lib, layers
-from benchmarks.xla_cost import flops_of
+from benchmarks.xla_cost import flops_of, op_kinds
 from cgdiff.train import loop as loop_lib, state as state_lib
 from configs import base as base_config
 from experiments import common, training
@@ -105,8 +105,11 @@ def matmul_peak(reps: int, n: int = 4096) -> float:
   return gflops
 
 
-def op_profile(fn, top: int = 25) -> None:
-  """Runs fn() under jax.profiler and prints the `top` XLA ops (thunks) by total time."""
+def op_profile(fn, kinds: dict[str, dict[str, str]], top: int = 25) -> None:
+  """Runs fn() under jax.profiler and prints the op time per kind of work (xla_cost.op_kinds of the
+  compiled program: convolution, dot, reduction, data movement, elementwise) and the `top` XLA ops
+  (thunks) by total time, with their kind, output shape and the JAX operation they came from. Op times
+  are summed over threads, so they add up to more than the wall time when ops run in parallel."""
   from jax.profiler import ProfileData
   directory = tempfile.mkdtemp(prefix="cgdiff_profile_")
   jax.profiler.start_trace(directory)
@@ -124,10 +127,17 @@ def op_profile(fn, top: int = 25) -> None:
             continue
           totals[name] += event.duration_ns / 1e6
           counts[name] += 1
-  total = sum(totals.values())
-  print(f"    op profile: {total:.1f} ms in {sum(counts.values())} op events", flush=True)
+  total = max(sum(totals.values()), 1e-9)
+  unknown = {"kind": "?", "shape": "", "op_name": ""}
+  by_kind = collections.Counter()
+  for name, ms in totals.items():
+    by_kind[kinds.get(name, unknown)["kind"]] += ms
+  print(f"    op profile: {total:.1f} ms in {sum(counts.values())} op events; by kind: " +
+        ", ".join(f"{kind} {100 * ms / total:.1f}%" for kind, ms in by_kind.most_common()), flush=True)
   for name, ms in totals.most_common(top):
-    print(f"    {ms:9.2f} ms {100 * ms / max(total, 1e-9):5.1f}%  x{counts[name]:<4d} {name[:90]}")
+    info = kinds.get(name, unknown)
+    print(f"    {ms:9.2f} ms {100 * ms / total:5.1f}%  x{counts[name]:<4d} {name[:24]:<24s} {info['kind']:<13s} "
+          f"{info['shape'][:28]:<28s} {info['op_name'][-60:]}")
 
 
 # --- full train steps -----------------------------------------------------------------------------------
@@ -165,7 +175,7 @@ def time_train_step(label: str, loss_fn, params, batch, training_config, reps: i
   share = f", {100 * flops / (ms[0] * 1e6) / concurrent:.0f}% of the {concurrent:.0f} GFLOP/s matmul peak timed alongside"
   report(label, ms, flops, peak, f"  {images:7.1f} img/s  (compile {compile_s:.1f} s{share})")
   if ops:
-    op_profile(lambda: [run() for _ in range(2)])
+    op_profile(lambda: [run() for _ in range(2)], op_kinds(compiled.as_text()))
 
 
 def unet_section(base: int, args, peak: float) -> None:
