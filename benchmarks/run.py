@@ -5,6 +5,7 @@
     python -m benchmarks.run --reps 7 --out benchmarks/results/NAME.json
     python -m benchmarks.run --only peak,unet64                # a subset: peak, vae, unet128, unet64, sample
     python -m benchmarks.run --torch-compile                   # + torch.compile'd train steps (slow compiles)
+    python -m benchmarks.run --cpu-devices 1                   # JAX's single CPU device (default: one per core)
 
 What it measures, each cgdiff program next to its torch counterpart (benchmarks.torch_models /
 torch_steps: the same architectures, sizes, batch, optimiser options and maths):
@@ -21,19 +22,21 @@ posterior data set, and 001's loop, which encodes every batch with the frozen VA
 add the same VAE forward to both; it is left out. Inputs are random (speed does not depend on the data).
 Both sides start from the same weights (cgdiff's initialisation copied into the torch modules).
 
-How: cgdiff's steps are built through its public API the way the training stages build them
-(objectives + cgdiff.train.step.make_train_step, pmapped with the state donated as cgdiff.train.loop
-does; samplers.sample under jax.jit), compiled ahead of time (compile time reported apart), then every
-measurement runs the two sides alternately A B A B ... after `--warmup` untimed calls each; each call
-blocks on its result (jax.block_until_ready; torch.cuda.synchronize on a GPU). Measurements whose ratio
-is a target share one alternation: the three UNet targets' steps (critic-gate / baseline and LSI /
-baseline time), and the network forward (4 calls per slot) with both samplers (wall / (NFE x
-forward)); those ratios are medians of per-repetition ratios, since this machine's speed drifts by tens
-of per cent over minutes. torch uses as many
-threads as the process has cores (XLA:CPU uses them all by default); the record says how many. The
-table gives the median time per call with its min-max spread, throughputs, and the speed ratio torch
-time / cgdiff time (> 1: cgdiff faster), with the min-max of the per-repetition paired ratios. A JSON
-record (machine, versions, commit, settings, every sample) goes to benchmarks/results/.
+How: cgdiff's steps are built through its public API the way the training stages build them (objectives +
+cgdiff.train.step.make_train_step, pmapped with the state donated as cgdiff.train.loop does, over the CPU
+devices that experiments.run's --cpu_devices gives, one per core by default (cgdiff.train.devices);
+samplers.sample under jax.jit, on one device), compiled ahead of time (compile time reported apart), then
+every measurement runs the two sides alternately A B A B ... after `--warmup` untimed calls each; each
+call blocks on its result (jax.block_until_ready; torch.cuda.synchronize on a GPU). Measurements whose
+ratio is a target share one alternation: the three UNet targets' steps (critic-gate / baseline and LSI /
+baseline time), and the network forward (4 calls per slot) with both samplers (wall / (NFE x forward));
+those ratios are medians of per-repetition ratios, since this machine's speed drifts by tens of per cent
+over minutes. With several CPU devices each train step is also timed on the first device alone with the
+whole batch, in the same alternation (rows `cgdiff_1_device`: its time over the data-parallel step's).
+torch uses as many threads as the process has cores (XLA:CPU uses them all by default); the record says
+how many. The table gives the median time per call with its min-max spread, throughputs, and the speed
+ratio torch time / cgdiff time (> 1: cgdiff faster), with the min-max of the per-repetition paired ratios.
+A JSON record (machine, versions, commit, settings, every sample) goes to benchmarks/results/.
 
 On a GPU (jax[cuda12] and a CUDA torch) the same command runs there: JAX's default device and
 torch.cuda when available; the record names both devices.
@@ -64,7 +67,7 @@ from benchmarks import torch_models, torch_steps
 from benchmarks.xla_cost import flops_of
 from cgdiff import objectives, records, samplers, schedules, targets
 from cgdiff.models import build
-from cgdiff.train import loop as loop_lib
+from cgdiff.train import devices, loop as loop_lib
 from cgdiff.train import state as state_lib
 from configs import base as base_config
 
@@ -235,10 +238,12 @@ def _cell(side: dict[str, Any]) -> str:
 
 
 def print_row(rec: dict[str, Any]) -> None:
-  """The cgdiff-vs-torch row, then one row per further comparator (torch.compile) in the torch columns."""
+  """The cgdiff-vs-torch row, then one row per further comparator (torch.compile, cgdiff on one device)
+  in the torch columns."""
   cg = rec["cgdiff"]
-  for i, (side, ratio) in enumerate(rec["ratios"].items()):
-    th, first = rec[side], i == 0
+  order = sorted(rec["ratios"], key=lambda side: side != "torch")
+  for i, side in enumerate(order):
+    th, ratio, first = rec[side], rec["ratios"][side], i == 0
     label = rec["name"] if first else f"  {side}"
     cg_cell = _cell(cg) if first else ""
     cg_rate = f"{cg['items_per_s']:.1f}" if first else ""
@@ -261,16 +266,18 @@ def jax_call(compiled, args: tuple) -> Side:
   return Side(lambda: jax.block_until_ready(compiled(*args)))
 
 
-def cgdiff_train_side(loss_fn, params, batch, training, settings: Settings) -> Side:
-  """cgdiff's train step as cgdiff.train.loop builds and calls it (pmapped, state donated)."""
+def cgdiff_train_side(loss_fn, params, batch, training, settings: Settings,
+                      devices: list[jax.Device] | None = None) -> Side:
+  """cgdiff's train step as cgdiff.train.loop builds and calls it (pmapped over the local devices, or
+  `devices`, the batch split among them; state donated)."""
+  devices = jax.local_devices() if devices is None else devices
   tx = state_lib.make_optimizer(training, training.num_steps)
-  p_step = loop_lib.pmapped_train_step(loss_fn, tx, ema_decay=training.ema_decay)
-  num_devices = jax.local_device_count()
+  p_step = loop_lib.pmapped_train_step(loss_fn, tx, ema_decay=training.ema_decay, devices=devices)
   size = jax.tree.leaves(batch)[0].shape[0]
-  split = lambda x: jnp.reshape(x, (num_devices, x.shape[0] // num_devices) + x.shape[1:])
+  split = lambda x: jnp.reshape(x, (len(devices), x.shape[0] // len(devices)) + x.shape[1:])
   batch, ids = jax.tree.map(split, batch), split(jnp.arange(size))
   key = jax.random.PRNGKey(0)
-  holder = [loop_lib.replicate(state_lib.create_state(params, tx))]
+  holder = [loop_lib.replicate(state_lib.create_state(params, tx), devices=devices)]
   start = time.perf_counter()
   compiled = p_step.lower(holder[0], batch, ids, key).compile(compiler_options=settings.compiler_options)
   compile_s = time.perf_counter() - start
@@ -280,6 +287,17 @@ def cgdiff_train_side(loss_fn, params, batch, training, settings: Settings) -> S
     jax.block_until_ready((holder[0], metrics))
 
   return Side(run, compile_s, flops_of(compiled))
+
+
+def cgdiff_train_sides(loss_fn, params, batch, training, settings: Settings) -> dict[str, Side]:
+  """{'cgdiff': the step on every local device[, 'cgdiff_1_device': the same step on the first device
+  alone, with the whole batch]}: with several CPU devices the second measures what the data-parallel
+  split gains (its ratio is its time over cgdiff's)."""
+  sides = {"cgdiff": cgdiff_train_side(loss_fn, params, batch, training, settings)}
+  if jax.local_device_count() > 1:
+    sides["cgdiff_1_device"] = cgdiff_train_side(loss_fn, params, batch, training, settings,
+                                                 devices=jax.local_devices()[:1])
+  return sides
 
 
 # --- torch programs --------------------------------------------------------------------------------------
@@ -347,12 +365,12 @@ def section_vae(settings: Settings, config, device: torch.device) -> dict[str, A
       objectives.vae_loss, encode_fn=lambda p, x: module.apply(p, x, method=module.encode),
       decode_fn=lambda p, z: module.apply(p, z, method=module.decode), kl=config.vae.kl,
       kl_weight=config.vae.kl_weight)
-  cg = cgdiff_train_side(loss_fn, params, images, config.vae.training, settings)
+  cg = cgdiff_train_sides(loss_fn, params, images, config.vae.training, settings)
   tvae = torch_module(torch_models.VAE(**model_cfg), params)
   th = torch_train_sides({"vae": tvae}, torch_steps.vae_loss(config.vae.kl_weight), to_torch(images, device),
                          config.vae.training, device, settings)
   shape = "x".join(map(str, settings.image_shape))
-  return measure(f"VAE train step b{settings.vae_batch} {shape} (img)", {"cgdiff": cg, **th},
+  return measure(f"VAE train step b{settings.vae_batch} {shape} (img)", {**cg, **th},
                  settings.vae_batch, "images", settings.reps, settings.warmup,
                  parameters=int(sum(x.size for x in jax.tree.leaves(params))))
 
@@ -407,7 +425,7 @@ def section_unet(base: int, settings: Settings, config, device: torch.device) ->
     if critic:
       gate_module = torch_models.CriticGate(settings.latent_shape[-1], **config.gate.to_dict())
       modules["gate"] = torch_module(gate_module, gate_params)
-    groups[target] = {"cgdiff": cgdiff_train_side(loss_fn, params, posterior, training, settings),
+    groups[target] = {**cgdiff_train_sides(loss_fn, params, posterior, training, settings),
                       **torch_train_sides(modules, torch_steps.diffusion_loss(torch_schedule, target),
                                           torch_posterior, training, device, settings)}
     extras[target] = {"base": base, "target": target,
@@ -583,6 +601,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--torch-compile", action="store_true",
                       help="also time the torch train steps under torch.compile (minutes of compile on CPU)")
   parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+  parser.add_argument("--cpu-devices", default=devices.AUTO,
+                      help="JAX CPU devices, as experiments.run's --cpu_devices: 'auto' (one per core, "
+                      "dividing the batches) or a count; the train steps are pmapped over them as the "
+                      "training stages do, and timed on one device too when there are several")
   parser.add_argument("--out", default=None,
                       help="JSON record path (default benchmarks/results/<backend>-<time>.json)")
   return parser.parse_args(argv)
@@ -600,6 +622,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                if v is not None}
   if overrides:
     settings = dataclasses.replace(settings, **overrides)
+  devices.set_cpu_devices(devices.resolve_cpu_devices(args.cpu_devices, [settings.vae_batch, settings.unet_batch]))
   return benchmark(settings, sections, args.out)
 
 

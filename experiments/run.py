@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgdiff import records
+from cgdiff.train import devices
 from experiments import evaluation, exact_field, sampling, training
 
 FLAGS = flags.FLAGS
@@ -20,7 +21,14 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
                   "the coordinator address and process ids come from the environment / cluster).")
 flags.DEFINE_list("stages", None, "Run these stages instead of config.stages, e.g. --stages=eval on a "
                   "trained workdir.")
+flags.DEFINE_string("cpu_devices", devices.AUTO, "JAX CPU devices for data-parallel training on CPU: 'auto' "
+                    "(one per core, reduced until it divides every training batch size) or a count; "
+                    "1 is JAX's default. XLA_FLAGS' --xla_force_host_platform_device_count wins where set. "
+                    "GPUs are unaffected.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# The stages that train with cgdiff.train.loop (pmapped over the devices), by their config group.
+TRAINING_STAGES = ("vae", "ldm", "cotrain")
 
 STAGES = {
     "exact_field": exact_field.run,
@@ -46,6 +54,12 @@ def run_stages(config, workdir: str, stages: tuple[str, ...] | None = None) -> N
     STAGES[stage](config, workdir)
 
 
+def training_batch_sizes(config, stages: tuple[str, ...] | None = None) -> list[int]:
+  """The global batch sizes of the training stages among `stages` (default: config.stages)."""
+  stages = tuple(config.stages if stages is None else stages)
+  return [config[stage].training.batch_size for stage in TRAINING_STAGES if stage in stages]
+
+
 class _QuietOrbax:
   """Drops Orbax's per-save INFO lines (a dozen per checkpoint) from the log; warnings still show."""
 
@@ -57,10 +71,15 @@ def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if FLAGS.distributed:
+    # Multi-host runs keep JAX's CPU device count: a host's share of the batch is known only after this.
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
     logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count())
+  else:
+    # Before any JAX operation: the CPU device count is fixed when JAX's backends start.
+    count = devices.resolve_cpu_devices(FLAGS.cpu_devices, training_batch_sizes(FLAGS.config, FLAGS.stages))
+    logging.info("%d CPU device(s) (--cpu_devices=%s)", devices.set_cpu_devices(count), FLAGS.cpu_devices)
   run_stages(FLAGS.config, FLAGS.workdir, FLAGS.stages)
 
 

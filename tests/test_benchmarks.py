@@ -11,6 +11,9 @@ compile), parameters are filled by numpy, and compiled functions skip XLA's back
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -194,3 +197,21 @@ def test_grouped_alternation_interleaves_every_side_and_pairs_the_ratios():
   assert {g: {s: len(x) for s, x in sides.items()} for g, sides in samples.items()} == {
       "a": {"cgdiff": 3, "torch": 3}, "b": {"cgdiff": 3}}
   assert run.paired_ratio([2.0, 6.0, 3.0], [1.0, 2.0, 3.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+
+
+def test_with_two_cpu_devices_the_train_steps_are_timed_on_one_device_too(tmp_path):
+  # The device count is fixed when JAX starts, so this runs the command in a fresh process: the VAE step
+  # (batch 4 at --quick) pmapped over two CPU devices, and on the first one alone in the same alternation.
+  path = tmp_path / "devices.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--only", "vae", "--cpu-devices",
+                           "2", "--out", str(path)], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "cgdiff_1_device" in result.stdout
+  record = json.loads(path.read_text())
+  assert record["machine"]["jax_device_count"] == 2
+  vae = record["results"]["vae"]
+  assert set(vae["ratios"]) == {"torch", "cgdiff_1_device"}
+  assert len(vae["cgdiff_1_device"]["samples_s"]) == len(vae["cgdiff"]["samples_s"]) >= 1
+  assert vae["speed_ratio"] == vae["ratios"]["torch"]["median"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.jax_utils
 import jax
@@ -52,25 +52,27 @@ def _device_batch(batch: Any, num_devices: int) -> Any:
   return jax.tree.map(split, batch)
 
 
-def replicate(tree: Any, axis_name: str = "batch") -> Any:
-  """One copy of `tree` per local device, sharded the way jax.pmap(axis_name=...) returns its outputs.
+def replicate(tree: Any, axis_name: str = "batch", devices: Sequence[jax.Device] | None = None) -> Any:
+  """One copy of `tree` per device (default: every local device), sharded the way
+  jax.pmap(axis_name=...) returns its outputs.
 
   (flax.jax_utils.replicate uses another mesh axis name, so the second step would see new input
   shardings and compile the whole step again.)
   """
-  devices = jax.local_devices()
+  devices = jax.local_devices() if devices is None else list(devices)
   sharding = NamedSharding(Mesh(np.array(devices), (axis_name,)), PartitionSpec(axis_name))
   return jax.tree.map(
       lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), sharding),
       tree)
 
 
-def pmapped_train_step(loss_fn: step_lib.LossFn, tx, *, ema_decay: float):
-  """step_lib.make_train_step pmapped over the local devices as `train` calls it:
+def pmapped_train_step(loss_fn: step_lib.LossFn, tx, *, ema_decay: float,
+                       devices: Sequence[jax.Device] | None = None):
+  """step_lib.make_train_step pmapped over the local devices (or `devices`) as `train` calls it:
   p_step(replicated state, batch [devices, b, ...], example ids [devices, b], base key) ->
   (state, metrics); the state's buffers are donated."""
   return jax.pmap(step_lib.make_train_step(loss_fn, tx, ema_decay=ema_decay), axis_name="batch",
-                  in_axes=(0, 0, 0, None), donate_argnums=(0,))
+                  in_axes=(0, 0, 0, None), donate_argnums=(0,), devices=devices)
 
 
 def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any], *,

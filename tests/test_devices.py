@@ -1,0 +1,88 @@
+"""cgdiff.train.devices: the CPU device count for data-parallel training, and experiments.run's use of it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cgdiff.train import devices
+from configs import quickstart
+from experiments import run as run_lib
+
+
+@pytest.mark.parametrize("limit, sizes, expected", [
+    (2, [128, 64], 2), (4, [6], 3), (8, [12, 18], 6), (16, [7, 128], 1), (3, [], 3), (1, [5], 1)])
+def test_largest_dividing_count(limit, sizes, expected):
+  assert devices.largest_dividing_count(limit, sizes) == expected
+
+
+def test_auto_is_the_cores_reduced_to_a_divisor_of_every_batch(monkeypatch):
+  monkeypatch.setattr(devices, "available_cores", lambda: 8)
+  assert devices.resolve_cpu_devices("auto", [128, 64]) == 8
+  assert devices.resolve_cpu_devices("AUTO", [12]) == 6
+  assert devices.resolve_cpu_devices("auto", []) == 8
+  monkeypatch.setattr(devices, "available_cores", lambda: 2)
+  assert devices.resolve_cpu_devices("auto", [128]) == 2
+  assert devices.resolve_cpu_devices("auto", [127]) == 1
+
+
+def test_an_explicit_count_is_checked_against_the_batches():
+  assert devices.resolve_cpu_devices("4", [128, 64]) == 4
+  assert devices.resolve_cpu_devices(1, [7]) == 1
+  with pytest.raises(ValueError, match=r"3 CPU devices do not divide the global batch size\(s\) \[64\]"):
+    devices.resolve_cpu_devices(3, [96, 64])
+  with pytest.raises(ValueError, match="must be >= 1"):
+    devices.resolve_cpu_devices("0", [])
+  with pytest.raises(ValueError, match="'auto' or a positive integer"):
+    devices.resolve_cpu_devices("two", [])
+  with pytest.raises(ValueError, match="batch sizes must be >= 1"):
+    devices.resolve_cpu_devices("auto", [0])
+
+
+def test_xla_flag_count_reads_xla_flags(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=6")
+  assert devices.xla_flag_count() == 6
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  assert devices.xla_flag_count() is None
+  monkeypatch.delenv("XLA_FLAGS")
+  assert devices.xla_flag_count() is None
+
+
+SCRIPT = """
+import sys
+import jax
+from cgdiff.train import devices
+count = devices.set_cpu_devices(int(sys.argv[1]))
+print("set", count, "local", jax.local_device_count())
+try:
+  devices.set_cpu_devices(1)
+except RuntimeError as error:
+  print("too late:", error)
+"""
+
+
+def _run(count: int, xla_flags: str = "") -> str:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
+  result = subprocess.run([sys.executable, "-c", SCRIPT, str(count)], env=env, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_set_cpu_devices_gives_jax_that_many_devices_and_refuses_once_jax_started():
+  out = _run(3)
+  assert "set 3 local 3" in out
+  assert "too late: cannot set 1 CPU devices: JAX has already started its backends" in out
+
+
+def test_the_xla_flag_wins_over_the_requested_count():
+  assert "set 5 local 5" in _run(2, "--xla_force_host_platform_device_count=5")
+
+
+def test_training_batch_sizes_of_the_stages_that_run():
+  config = quickstart.get_config()
+  assert run_lib.training_batch_sizes(config) == [config.vae.training.batch_size,
+                                                  config.ldm.training.batch_size]
+  assert run_lib.training_batch_sizes(config, ("ldm", "sample")) == [config.ldm.training.batch_size]
+  assert run_lib.training_batch_sizes(config, ("sample", "eval")) == []
