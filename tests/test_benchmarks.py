@@ -215,3 +215,6 @@ def test_with_two_cpu_devices_the_train_steps_are_timed_on_one_device_too(tmp_pa
   assert set(vae["ratios"]) == {"torch", "cgdiff_1_device"}
   assert len(vae["cgdiff_1_device"]["samples_s"]) == len(vae["cgdiff"]["samples_s"]) >= 1
   assert vae["speed_ratio"] == vae["ratios"]["torch"]["median"]
+  # The FLOPs of the whole step, not of one device's half: within the replicated optimiser update.
+  flops = vae["cgdiff"]["flops"], vae["cgdiff_1_device"]["flops"]
+  assert abs(flops[0] / flops[1] - 1) < 0.01, flops
