@@ -132,14 +132,10 @@ def cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
-def core_count() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def machine_record(device: torch.device) -> dict[str, Any]:
   jax_device = jax.devices()[0]
   return {
-      "platform": platform.platform(), "cpu_model": cpu_model(), "cores": core_count(),
+      "platform": platform.platform(), "cpu_model": cpu_model(), "cores": devices.available_cores(),
       "jax_backend": jax.default_backend(), "jax_device_kind": jax_device.device_kind,
       "jax_device_count": jax.local_device_count(),
       "torch_device": device.type,
@@ -557,7 +553,7 @@ def benchmark(settings: Settings, sections: tuple[str, ...] = SECTIONS,
               out: str | None = None) -> dict[str, Any]:
   """Runs `sections`, prints the table and writes the JSON record to `out` (default:
   benchmarks/results/[quick-]<jax backend>-<UTC time>.json); returns the record."""
-  torch.set_num_threads(core_count())
+  torch.set_num_threads(devices.available_cores())
   device = torch_device()
   config = base_config.get_config()
   started = datetime.datetime.now(datetime.timezone.utc)
