@@ -1,12 +1,12 @@
 """CPU devices for data-parallel training: one JAX device per core.
 
 XLA:CPU runs a program's operations one after another, each spread over a shared pool of threads, and
-the small operations of a latent UNet (8x8 maps and smaller) do not keep the cores busy: the base-64
-UNet train step of 001 (batch 128) ran 1.36x faster on two cores than on one, PyTorch's 1.8x. With one
-JAX CPU device per core the training loop's pmap splits every batch into per-core shards whose programs
-run side by side (the same global batch, the same per-example keys: the same step up to the order of
-float32 sums). The speed-up is measured by `python -m benchmarks.run` (its `cgdiff_1_device` rows) and
-quoted in the README.
+the small operations of a latent UNet (8x8 maps and smaller) do not keep the cores busy: on two cores
+the base-64 UNet train step of 001 (batch 128) ran 1.38-1.40x faster than on one, PyTorch's 1.48-1.74x
+(README, Performance). With one JAX CPU device per core the training loop's pmap splits every batch into
+per-core shards whose programs run side by side (the same global batch, the same per-example keys: the
+same step up to the order of float32 sums). `python -m benchmarks.run` measures the speed-up (its
+`cgdiff_1_device` rows).
 
 The count is a property of the process: JAX fixes it when its backends start, at its first operation,
 so `set_cpu_devices` runs first (experiments/run.py does it from --cpu_devices). GPUs are unaffected.
