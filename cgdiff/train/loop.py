@@ -140,7 +140,8 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
       if first_time is None:
         jax.block_until_ready(metrics)
         first_time = time.perf_counter()
-        logging.info("first step (compilation included) took %.1f s", first_time - last_time)
+        logging.info("first step (compilation included) took %.1f s; %d device(s), %d examples each",
+                     first_time - last_time, num_devices, global_size // (num_devices * jax.process_count()))
         last_time, last_step = first_time, done
       saving = done % loop.checkpoint_every == 0 or done == loop.num_steps
       if done % loop.log_every == 0 or saving:
