@@ -22,7 +22,8 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 flags.DEFINE_list("stages", None, "Run these stages instead of config.stages, e.g. --stages=eval on a "
                   "trained workdir.")
 flags.DEFINE_string("cpu_devices", devices.AUTO, "JAX CPU devices for data-parallel training on CPU: 'auto' "
-                    "(one per core, reduced until it divides every training batch size) or a count; "
+                    "(one per core, reduced until it divides every training batch size and leaves each "
+                    "device >= 16 examples) or a count; "
                     "1 is JAX's default. XLA_FLAGS' --xla_force_host_platform_device_count wins where set. "
                     "GPUs are unaffected.")
 flags.mark_flags_as_required(["config", "workdir"])

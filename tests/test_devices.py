@@ -11,17 +11,21 @@ from configs import quickstart
 from experiments import run as run_lib
 
 
-@pytest.mark.parametrize("limit, sizes, expected", [
-    (2, [128, 64], 2), (4, [6], 3), (8, [12, 18], 6), (16, [7, 128], 1), (3, [], 3), (1, [5], 1)])
-def test_largest_dividing_count(limit, sizes, expected):
-  assert devices.largest_dividing_count(limit, sizes) == expected
+@pytest.mark.parametrize("limit, sizes, min_per_device, expected", [
+    (2, [128, 64], 1, 2), (4, [6], 1, 3), (8, [12, 18], 1, 6), (16, [7, 128], 1, 1), (3, [], 1, 3),
+    (1, [5], 1, 1), (16, [128, 64], 16, 4), (8, [32, 512], 16, 2), (4, [8], 16, 1), (2, [], 16, 2)])
+def test_largest_dividing_count(limit, sizes, min_per_device, expected):
+  assert devices.largest_dividing_count(limit, sizes, min_per_device) == expected
 
 
 def test_auto_is_the_cores_reduced_to_a_divisor_of_every_batch(monkeypatch):
   monkeypatch.setattr(devices, "available_cores", lambda: 8)
-  assert devices.resolve_cpu_devices("auto", [128, 64]) == 8
-  assert devices.resolve_cpu_devices("AUTO", [12]) == 6
-  assert devices.resolve_cpu_devices("auto", []) == 8
+  assert devices.MIN_EXAMPLES_PER_DEVICE == 16
+  assert devices.resolve_cpu_devices("auto", [128, 256]) == 8
+  assert devices.resolve_cpu_devices("auto", [128, 64]) == 4   # 16 examples each at most 4 ways
+  assert devices.resolve_cpu_devices("AUTO", [96]) == 6
+  assert devices.resolve_cpu_devices("auto", [12]) == 1        # fewer than 16 per device otherwise
+  assert devices.resolve_cpu_devices("auto", []) == 1          # nothing trains: JAX's default
   monkeypatch.setattr(devices, "available_cores", lambda: 2)
   assert devices.resolve_cpu_devices("auto", [128]) == 2
   assert devices.resolve_cpu_devices("auto", [127]) == 1
