@@ -79,8 +79,9 @@ def main(argv):
                  jax.local_device_count())
   else:
     # Before any JAX operation: the CPU device count is fixed when JAX's backends start.
-    count = devices.resolve_cpu_devices(FLAGS.cpu_devices, training_batch_sizes(FLAGS.config, FLAGS.stages))
-    logging.info("%d CPU device(s) (--cpu_devices=%s)", devices.set_cpu_devices(count), FLAGS.cpu_devices)
+    requested = devices.resolve_cpu_devices(FLAGS.cpu_devices, training_batch_sizes(FLAGS.config, FLAGS.stages))
+    count = devices.set_cpu_devices(requested)  # XLA_FLAGS' count, where set, instead
+    logging.info("%d CPU device(s) (--cpu_devices=%s)", count, FLAGS.cpu_devices)
   run_stages(FLAGS.config, FLAGS.workdir, FLAGS.stages)
 
 
