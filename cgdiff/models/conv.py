@@ -15,6 +15,12 @@ benchmarks/profile_steps.py and single-op timings on a 2-core AVX2 CPU, jaxlib 0
   large maps (>= 16384    lax's convolution forward and for the input gradient, the kernel gradient as
   values per image, or    dots of the shifted inputs: nine tap(x)^T dy, or one im2col product for few
   >= 32x32; >= 64 out)    input channels (XLA's kernel gradient of 16x16 and 32x32 maps ran 3-5x slower);
+  strided, output of      stride-1 convolutions of the input's stride phases x[a::s, b::s], each with the
+  <= 4 pixels (4x4 ->     kernel taps that land on it (nine taps in all for 3x3): XLA:CPU's input
+  2x2, 2x2 -> 1x1)        gradient of a strided convolution there (an lhs-dilated convolution) made lax's
+                          forward + backward 5-8x the phases' at 128-256 channels (4x4x256 -> 2x2,
+                          batch 128: 156 ms against 23 ms), about equal at 64; from 8x8 maps on, lax's
+                          was as fast or faster;
   otherwise (4x4, 8x8)    lax's convolution (as fast as any explicit form measured).
 
 The large-map route is a `jax.custom_jvp` whose tangent is linear in each input, so forward and reverse
@@ -44,6 +50,8 @@ IM2COL_MAX_DEPTH = 64
 # 128 channels; 4x4 -> 8x8 upsampling conv fwd + bwd 124 ms by lax, 75 ms with the tap dots; at 256
 # channels 445 -> 230 ms; 2x2 maps were no faster).
 PHASE_EXPLICIT_MIN_PIXELS = 16
+# Strided convolutions with at most this many output pixels run as convolutions of the stride phases.
+STRIDE_PHASES_MAX_OUTPUT_PIXELS = 4
 
 
 def _lax_conv(x: Array, kernel: Array, stride: int, padding: Padding) -> Array:
@@ -129,14 +137,56 @@ def _dense_applies(x_shape, kernel_shape, stride: int, padding: Padding) -> bool
   return True
 
 
+def _axis_phases(size: int, k: int, stride: int, pad: tuple[int, int]):
+  """Along one axis of a strided convolution: [(a, i0, pad_a)] for each input phase x[a::stride] that
+  some kernel tap lands on. Output p takes padded input stride p + i, i.e. x[stride p + i - pad_lo]: the
+  taps i0, i0 + stride, ... of phase a read x_a[p + d] for consecutive d, a stride-1 convolution of x_a
+  with those taps and padding pad_a (a negative side crops x_a)."""
+  out = output_size(size, k, stride, pad)
+  phases = []
+  for a in range(min(stride, size)):
+    i0 = (pad[0] + a) % stride
+    if i0 >= k:
+      continue
+    first = (i0 - pad[0] - a) // stride                         # x_a offsets of the taps: first, first + 1, ...
+    last = first + len(range(i0, k, stride)) - 1
+    length = len(range(a, size, stride))
+    phases.append((a, i0, (-first, out - 1 + last - (length - 1))))
+  return phases
+
+
+def _stride_phase_conv(x: Array, kernel: Array, stride: int, padding: Padding) -> Array:
+  """The strided convolution as the sum over input phases (a, b) of the stride-1 convolutions
+  conv2d(x[a::s, b::s], kernel[i0::s, j0::s]): the same products, each kernel tap used once; their
+  transposes are stride-1 convolutions too (no lhs-dilated convolution)."""
+  terms = []
+  for a, i0, (top, bottom) in _axis_phases(x.shape[1], kernel.shape[0], stride, padding[0]):
+    for b, j0, (left, right) in _axis_phases(x.shape[2], kernel.shape[1], stride, padding[1]):
+      phase = x[:, a::stride, b::stride, :]
+      phase = phase[:, :phase.shape[1] + min(bottom, 0), :phase.shape[2] + min(right, 0), :]
+      if phase.shape[1] > 0 and phase.shape[2] > 0:  # a cropped-away phase meets only padding
+        terms.append(conv2d(phase, kernel[i0::stride, j0::stride], 1,
+                            ((top, max(bottom, 0)), (left, max(right, 0)))))
+  if not terms:  # every output reads padding along some axis
+    b, h, w, _ = x.shape
+    out_hw = [output_size(n, k, stride, pad) for n, k, pad in zip((h, w), kernel.shape[:2], padding)]
+    return jnp.zeros((b, *out_hw, kernel.shape[-1]), jnp.result_type(x, kernel))
+  return functools.reduce(jnp.add, terms)
+
+
 def route(x_shape, kernel_shape, stride: int, padding: Padding) -> str:
   """Which computation `conv2d` uses for these static shapes: "dot" (1x1 kernel), "dense" (tiny map),
-  "explicit_kernel_grad" (large map) or "lax" (see the module docstring)."""
+  "stride_phases" (strided, tiny output), "explicit_kernel_grad" (large map) or "lax" (see the module
+  docstring)."""
   kh, kw, _, c_out = kernel_shape
   if kh == kw == 1 and tuple(map(tuple, padding)) == ((0, 0), (0, 0)):
     return "dot"
   if _dense_applies(x_shape, kernel_shape, stride, padding):
     return "dense"
+  out_pixels = (output_size(x_shape[1], kh, stride, padding[0])
+                * output_size(x_shape[2], kw, stride, padding[1]))
+  if stride > 1 and out_pixels <= STRIDE_PHASES_MAX_OUTPUT_PIXELS:
+    return "stride_phases"
   _, h, w, c_in = x_shape
   large = h * w * c_in >= EXPLICIT_MIN_MAP or h * w >= EXPLICIT_MIN_PIXELS
   if large and c_out >= EXPLICIT_MIN_FEATURES:
@@ -165,6 +215,8 @@ def conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding = ((0, 0),
     return jnp.einsum("bhwc,cd->bhwd", x[:, ::stride, ::stride, :], kernel[0, 0])
   if how == "dense":
     return _dense_conv(x, kernel, padding)
+  if how == "stride_phases":
+    return _stride_phase_conv(x, kernel, stride, padding)
   if how == "explicit_kernel_grad":
     return _conv_explicit_kernel_grad(x, kernel, stride, padding)
   return _lax_conv(x, kernel, stride, padding)
