@@ -146,8 +146,7 @@ def time_train_step(label: str, loss_fn, params, batch, training_config, reps: i
   tx = state_lib.make_optimizer(training_config, training_config.num_steps)
   p_step = loop_lib.pmapped_train_step(loss_fn, tx, ema_decay=training_config.ema_decay)
   state = loop_lib.replicate(state_lib.create_state(params, tx))
-  batch = jax.tree.map(lambda x: x[None], batch)  # one local device
-  ids = jnp.arange(jax.tree.leaves(batch)[0].shape[1])[None]
+  batch, ids = loop_lib.device_batch((batch, np.arange(jax.tree.leaves(batch)[0].shape[0])), 1)  # one device
   key = jax.random.PRNGKey(0)
   start = time.perf_counter()
   compiled = p_step.lower(state, batch, ids, key).compile()

@@ -270,8 +270,7 @@ def cgdiff_train_side(loss_fn, params, batch, training, settings: Settings,
   tx = state_lib.make_optimizer(training, training.num_steps)
   p_step = loop_lib.pmapped_train_step(loss_fn, tx, ema_decay=training.ema_decay, devices=devices)
   size = jax.tree.leaves(batch)[0].shape[0]
-  split = lambda x: jnp.reshape(x, (len(devices), x.shape[0] // len(devices)) + x.shape[1:])
-  batch, ids = jax.tree.map(split, batch), split(jnp.arange(size))
+  batch, ids = loop_lib.device_batch((batch, np.arange(size)), len(devices))
   key = jax.random.PRNGKey(0)
   holder = [loop_lib.replicate(state_lib.create_state(params, tx), devices=devices)]
   start = time.perf_counter()

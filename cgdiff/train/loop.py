@@ -42,8 +42,9 @@ def _format_seconds(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def _device_batch(batch: Any, num_devices: int) -> Any:
-  """This host's slice of the global batch, reshaped to [devices, per_device, ...]."""
+def device_batch(batch: Any, num_devices: int) -> Any:
+  """This host's slice of the global batch (numpy), reshaped to [devices, per_device, ...]: the
+  layout `pmapped_train_step` takes."""
   def split(x):
     x = np.asarray(x)
     per_host = x.shape[0] // jax.process_count()
@@ -133,8 +134,8 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
       if global_size % (num_devices * jax.process_count()):
         raise ValueError(f"global batch {global_size} is not divisible by {num_devices} devices x "
                          f"{jax.process_count()} hosts.")
-      example_ids = _device_batch(np.arange(global_size), num_devices)
-      replicated, metrics = p_step(replicated, _device_batch(batch, num_devices), example_ids, key)
+      example_ids = device_batch(np.arange(global_size), num_devices)
+      replicated, metrics = p_step(replicated, device_batch(batch, num_devices), example_ids, key)
       pending.append((step, metrics))
       done = step + 1
       if first_time is None:
