@@ -276,6 +276,7 @@ def conv_blocks(base: int, x, reps: int, peak: float) -> None:
       (f"conv3x3 8x8 {3 * base}->{base} (up0)", conv(base), (8, 8, 3 * base)),
       (f"conv3x3 s2 8x8 {base} (Downsample)", conv(base, 2), (8, 8, base)),
       (f"conv3x3 4x4 {b2}->{b2}", conv(b2), (4, 4, b2)),
+      (f"conv3x3 s2 4x4 {b2} (Downsample)", conv(b2, 2), (4, 4, b2)),
       (f"conv3x3 2x2 {b2}->{b2}", conv(b2), (2, 2, b2)),
       (f"conv3x3 2x2 {b4}->{b2} (up2)", conv(b2), (2, 2, b4)),
       (f"conv1x1 8x8 {b2}->{base} (skip)", conv(base, k=1), (8, 8, b2))]:

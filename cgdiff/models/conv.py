@@ -17,10 +17,10 @@ benchmarks/profile_steps.py and single-op timings on a 2-core AVX2 CPU, jaxlib 0
   >= 32x32; >= 64 out)    input channels (XLA's kernel gradient of 16x16 and 32x32 maps ran 3-5x slower);
   strided, output of      stride-1 convolutions of the input's stride phases x[a::s, b::s], each with the
   <= 4 pixels (4x4 ->     kernel taps that land on it (nine taps in all for 3x3): XLA:CPU's input
-  2x2, 2x2 -> 1x1)        gradient of a strided convolution there (an lhs-dilated convolution) made lax's
-                          forward + backward 5-8x the phases' at 128-256 channels (4x4x256 -> 2x2,
-                          batch 128: 156 ms against 23 ms), about equal at 64; from 8x8 maps on, lax's
-                          was as fast or faster;
+  2x2, 2x2 -> 1x1)        gradient of a strided convolution there (an lhs-dilated convolution) ran at
+                          ~5 GFLOP/s: forward + backward of 4x4x256 -> 2x2 at batch 128 172 ms by lax,
+                          20 ms by phases, 4x4x128 38 against 10 ms (benchmarks/results/
+                          profile-blocks-20261201.log); from 8x8 maps on, lax's was as fast or faster;
   otherwise (4x4, 8x8)    lax's convolution (as fast as any explicit form measured).
 
 The large-map route is a `jax.custom_jvp` whose tangent is linear in each input, so forward and reverse
