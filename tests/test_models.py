@@ -200,6 +200,7 @@ CONV_CASES = [
     ((2, 2, 2, 8), 3, 6, 2, 1, "stride_phases", "stride 2, 2x2 -> 1x1 map"),
     ((2, 6, 6, 8), 3, 6, 2, 0, "stride_phases", "stride 2, no padding: the last row of a phase unread"),
     ((2, 6, 5, 8), 4, 6, 3, 1, "stride_phases", "stride 3, 4x4 kernel, 6x5 map"),
+    ((2, 1, 1, 8), 1, 6, 2, 1, "stride_phases", "every output reads padding only: zeros"),
     ((2, 32, 32, 3), 3, 64, 1, 1, "explicit_kernel_grad", "32x32 map, im2col (3 input channels)"),
     ((2, 16, 16, 64), 3, 64, 2, 1, "explicit_kernel_grad", "16x16x64 map, nine tap dots, stride 2"),
 ]
