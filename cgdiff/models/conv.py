@@ -178,16 +178,15 @@ def route(x_shape, kernel_shape, stride: int, padding: Padding) -> str:
   """Which computation `conv2d` uses for these static shapes: "dot" (1x1 kernel), "dense" (tiny map),
   "stride_phases" (strided, tiny output), "explicit_kernel_grad" (large map) or "lax" (see the module
   docstring)."""
+  _, h, w, c_in = x_shape
   kh, kw, _, c_out = kernel_shape
   if kh == kw == 1 and tuple(map(tuple, padding)) == ((0, 0), (0, 0)):
     return "dot"
   if _dense_applies(x_shape, kernel_shape, stride, padding):
     return "dense"
-  out_pixels = (output_size(x_shape[1], kh, stride, padding[0])
-                * output_size(x_shape[2], kw, stride, padding[1]))
+  out_pixels = output_size(h, kh, stride, padding[0]) * output_size(w, kw, stride, padding[1])
   if stride > 1 and out_pixels <= STRIDE_PHASES_MAX_OUTPUT_PIXELS:
     return "stride_phases"
-  _, h, w, c_in = x_shape
   large = h * w * c_in >= EXPLICIT_MIN_MAP or h * w >= EXPLICIT_MIN_PIXELS
   if large and c_out >= EXPLICIT_MIN_FEATURES:
     return "explicit_kernel_grad"
