@@ -183,18 +183,21 @@ def cotrain_loss(params: Params, images: Array, keys: Array, *, encode_fn: Encod
          + stiffness_weight mean 1/(alpha^2 v + sigma^2).
   params: {"vae": ..., "score": ...}. With encoder_score_gradient the score term's gradient reaches the
   encoder (through z_t and, for LSI, through the target's mean and variance); without it the encoder
-  sees the score loss not at all (two-stage training run side by side). The score term draws its own
-  z0 (a different posterior draw from the reconstruction's); both are unbiased.
+  sees the score loss not at all (two-stage training run side by side). The stiffness penalty is a
+  regulariser of the encoder's variance (002 eq. 21), not part of the score loss: it reaches the
+  encoder either way. The score term draws its own z0 (a different posterior draw from the
+  reconstruction's); both are unbiased.
   """
   if score_target not in ("tweedie", "lsi"):
     raise ValueError(f"co-training uses score_target 'tweedie' or 'lsi', got {score_target!r}.")
   terms, (mean, logvar) = autoencoder_terms(params["vae"], images, keys, encode_fn=encode_fn,
                                             decode_fn=decode_fn, kl=kl)
+  score_mean, score_logvar = mean, logvar
   if not encoder_score_gradient:
-    mean, logvar = jax.lax.stop_gradient((mean, logvar))
+    score_mean, score_logvar = jax.lax.stop_gradient((mean, logvar))
   score_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
   score_loss, score_metrics, (alpha, sigma) = _score_terms(
-      {"score": params["score"]}, mean, logvar, score_keys, eps_fn=eps_fn, schedule=schedule,
+      {"score": params["score"]}, score_mean, score_logvar, score_keys, eps_fn=eps_fn, schedule=schedule,
       target=score_target)
   loss = terms["reconstruction"] + kl_weight * terms["kl"] + score_weight * score_loss
   if stiffness_weight:

@@ -165,6 +165,60 @@ def test_cotrain_score_gradient_reaches_the_encoder_only_when_asked():
   assert abs(grad(score_weight=1.0) - without_score) > 1e-3 * abs(without_score)
 
 
+def learned_variance_autoencoder():
+  """encode(x) = (x, logvar) with one learned log-variance for every element; decode(z) = z."""
+  encode_fn = lambda p, x: (x, jnp.full_like(x, p["logvar"]))
+  decode_fn = lambda p, z: z
+  return encode_fn, decode_fn, {"logvar": jnp.array(-1.0)}
+
+
+def test_lsi_cotrain_gradient_reaches_the_encoder_logvar_through_the_target():
+  """With LSI the score loss depends on the encoder's log-variance twice: through z0 = mu + sqrt(v) eps_vae
+  and through the target's (alpha^2 v + sigma^2)^-1 (002 eq. 22). jax.grad must see both: it is checked
+  against a central difference of the whole loss in float64 (step h = 1e-4: truncation error ~ h^2 ~ 1e-8
+  relative, round-off ~ 1e-16 / h; rtol 1e-6 leaves room for both). The Tweedie target on the same
+  encoder, whose loss sees v through z0 only, has a clearly different derivative: the target's own path
+  carries a real share, so a stop_gradient on it would fail the first check."""
+  encode_fn, decode_fn, vae_params = learned_variance_autoencoder()
+  images, _ = posterior()
+  with jax.enable_x64(True):
+    images = jnp.asarray(images, jnp.float64)
+
+    def loss(logvar, target="lsi"):
+      return objectives.cotrain_loss(
+          {"vae": {"logvar": logvar}, "score": {"scale": jnp.array(0.3, jnp.float64)}}, images, keys(),
+          encode_fn=encode_fn, decode_fn=decode_fn, eps_fn=lambda p, z, t: p["scale"] * z,
+          schedule=SCHEDULE, kl="modified", kl_weight=0.0, score_target=target)[0]
+
+    logvar, h = jnp.asarray(vae_params["logvar"], jnp.float64), 1e-4
+    numeric = (loss(logvar + h) - loss(logvar - h)) / (2 * h)
+    np.testing.assert_allclose(jax.grad(loss)(logvar), numeric, rtol=1e-6)
+    numeric_tweedie = (loss(logvar + h, "tweedie") - loss(logvar - h, "tweedie")) / (2 * h)
+    assert abs(numeric - numeric_tweedie) > 1e-2 * abs(numeric)
+
+
+def test_stiffness_reaches_the_encoder_without_the_score_gradient():
+  """encoder_score_gradient=False keeps the score loss away from the encoder, not the stiffness penalty
+  (a regulariser of the encoder's variance, 002 eq. 21): its gradient with respect to a shared logvar
+  is d/dlogvar mean 1/(alpha^2 e^logvar + sigma^2) = -mean alpha^2 v / (alpha^2 v + sigma^2)^2."""
+  encode_fn, decode_fn, vae_params = learned_variance_autoencoder()
+  images, _ = posterior()
+  params = {"vae": vae_params, "score": {"scale": jnp.array(0.3)}}
+
+  def grad(stiffness_weight):
+    loss = lambda p: objectives.cotrain_loss(
+        p, images, keys(), encode_fn=encode_fn, decode_fn=decode_fn, eps_fn=lambda p, z, t: p["scale"] * z,
+        schedule=SCHEDULE, kl="modified", kl_weight=1e-3, score_target="lsi",
+        stiffness_weight=stiffness_weight, encoder_score_gradient=False)[0]
+    return jax.grad(loss)(params)["vae"]["logvar"]
+
+  score_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys())
+  t, _, _ = objectives.draw_diffusion_noise(score_keys, SCHEDULE, SHAPE)
+  a2, s2, v = SCHEDULE.alpha(t) ** 2, SCHEDULE.sigma(t) ** 2, np.exp(-1.0)
+  expected = -np.mean(a2 * v / (a2 * v + s2) ** 2)
+  np.testing.assert_allclose(grad(0.5) - grad(0.0), 0.5 * expected, rtol=1e-4)
+
+
 def test_cotrain_loss_is_the_sum_of_its_terms_and_stiffness_has_its_formula():
   _, _, vae_params = identity_autoencoder()
   params = {"vae": vae_params, "score": {"scale": jnp.array(0.3)}}
