@@ -34,6 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.stages = ("vae", "stats", "ldm", "sample")
 
+  # Where the autoencoder stages (`vae`, `cotrain`) live: '' is the run's own workdir; another workdir
+  # lets several runs share one VAE (experiments.common.stage_dir).
+  config.vae_workdir = ""
+
   config.data = ml_collections.ConfigDict({
       "name": "cifar10",  # "cifar10" | "fashion_mnist" | "synthetic" | "toy2d"
       "data_dir": ml_collections.FieldReference(None, field_type=str),

@@ -25,7 +25,15 @@ from cgdiff.train import checkpoint
 TOY = "toy2d"
 
 
-def stage_dir(workdir: str, stage: str) -> str:
+# The stages that train a VAE. config.vae_workdir, where set, puts them in another workdir, so that
+# rows can share one VAE (the five two-stage rows of a seed; row (b) uses row (a)'s).
+AUTOENCODER_STAGES = ("vae", "cotrain")
+
+
+def stage_dir(config: ml_collections.ConfigDict, workdir: str, stage: str) -> str:
+  """<workdir>/<stage>, or <config.vae_workdir>/<stage> for the autoencoder stages where it is set."""
+  if stage in AUTOENCODER_STAGES and config.get("vae_workdir"):
+    return os.path.join(config.vae_workdir, stage)
   return os.path.join(workdir, stage)
 
 
@@ -95,9 +103,9 @@ def init_ldm(config: ml_collections.ConfigDict, latent_shape, *, abstract: bool 
   return score_net, gate, params
 
 
-def latest_step(workdir: str, stage: str) -> int:
-  """The step of the latest checkpoint of `stage` in `workdir` (what a later stage restores)."""
-  ckpt_dir = os.path.join(stage_dir(workdir, stage), "checkpoints")
+def latest_step(config: ml_collections.ConfigDict, workdir: str, stage: str) -> int:
+  """The step of the latest checkpoint of `stage` (what a later stage restores)."""
+  ckpt_dir = os.path.join(stage_dir(config, workdir, stage), "checkpoints")
   steps = [int(name) for name in os.listdir(ckpt_dir) if name.isdigit()] if os.path.isdir(ckpt_dir) else []
   if not steps:
     raise FileNotFoundError(f"no checkpoints in {ckpt_dir}: run the `{stage}` stage first.")
@@ -120,7 +128,7 @@ def trained_cotrain(config: ml_collections.ConfigDict, workdir: str, image_shape
   vae, vae_params = init_vae(config, None, image_shape, abstract=True)
   score_net, score_params = init_score_net(config, None, latent_shape_of(vae, image_shape), abstract=True)
   params = restore_ema_params({"vae": vae_params, "score": score_params}, config.cotrain.training,
-                              stage_dir(workdir, "cotrain"))
+                              stage_dir(config, workdir, "cotrain"))
   return vae, score_net, params
 
 
@@ -128,7 +136,7 @@ def trained_vae(config: ml_collections.ConfigDict, workdir: str, source: str, im
   """(module, params) of the VAE trained by stage `source` ('vae' or 'cotrain')."""
   if source == "vae":
     module, params = init_vae(config, None, image_shape, abstract=True)
-    return module, restore_ema_params(params, config.vae.training, stage_dir(workdir, "vae"))
+    return module, restore_ema_params(params, config.vae.training, stage_dir(config, workdir, "vae"))
   if source == "cotrain":
     module, _, params = trained_cotrain(config, workdir, image_shape)
     return module, params["vae"]

@@ -72,11 +72,11 @@ def fid_metrics(config: ml_collections.ConfigDict, generated: np.ndarray, recons
   return out
 
 
-def training_logs(workdir: str) -> dict[str, list[dict]]:
-  """{stage: metrics.jsonl records} of every trained stage present in `workdir`."""
+def training_logs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, list[dict]]:
+  """{stage: metrics.jsonl records} of every trained stage of `config` present (a shared VAE's too)."""
   logs = {}
   for stage in TRAINED_STAGES:
-    path = os.path.join(common.stage_dir(workdir, stage), "metrics.jsonl")
+    path = os.path.join(common.stage_dir(config, workdir, stage), "metrics.jsonl")
     if os.path.exists(path):
       with open(path) as f:
         logs[stage] = [json.loads(line) for line in f if line.strip()]
@@ -91,7 +91,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   timer = _Timer()
   networks = sampling.trained_networks(config, workdir)
   name = f"{sample_cfg.score_source}_{sample_cfg.method}_{sample_cfg.num_steps}_n{cfg.num_samples}"
-  out_dir = common.stage_dir(workdir, "eval")
+  out_dir = common.stage_dir(config, workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   logging.info("evaluating %s of %s at step %d -> %s", name, workdir, networks.training_step, out_dir)
 
@@ -183,7 +183,7 @@ def _figures(config, networks, workdir, out_dir, name, generated, latents, real_
       title=f"score targets on {len(mean)} real posteriors; network: {sample_cfg.score_source}")
   if "gate" in profile:
     figures["gate"] = plots.plot_gate(times, profile["gate"], os.path.join(out_dir, f"{name}_gate.png"))
-  logs = training_logs(workdir)
+  logs = training_logs(config, workdir)
   if logs:
     figures["training_curves"] = plots.plot_training_curves(logs, os.path.join(out_dir, "training_curves.png"))
   return figures

@@ -47,7 +47,7 @@ def trained_networks(config: ml_collections.ConfigDict, workdir: str) -> Trained
     vae, net, params = common.trained_cotrain(config, workdir, config.data.image_shape)
     return TrainedNetworks(vae, params["vae"], net, params["score"], None, None,
                            common.latent_shape_of(vae, config.data.image_shape),
-                           common.latest_step(workdir, "cotrain"))
+                           common.latest_step(config, workdir, "cotrain"))
   if source != "ldm":
     raise ValueError(f"unknown score source {source!r}; expected 'ldm' or 'cotrain'.")
   vae, vae_params, latent_shape = None, None, (2,)
@@ -55,9 +55,9 @@ def trained_networks(config: ml_collections.ConfigDict, workdir: str) -> Trained
     vae, vae_params = common.trained_vae(config, workdir, config.ldm.vae_source, config.data.image_shape)
     latent_shape = common.latent_shape_of(vae, config.data.image_shape)
   net, gate, params = common.init_ldm(config, latent_shape, abstract=True)
-  params = common.restore_ema_params(params, config.ldm.training, common.stage_dir(workdir, "ldm"))
+  params = common.restore_ema_params(params, config.ldm.training, common.stage_dir(config, workdir, "ldm"))
   return TrainedNetworks(vae, vae_params, net, params["score"], gate, params.get("gate"), latent_shape,
-                         common.latest_step(workdir, "ldm"))
+                         common.latest_step(config, workdir, "ldm"))
 
 
 def draw_latents(config: ml_collections.ConfigDict, networks: TrainedNetworks, *, method: str,
@@ -109,7 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          key=jax.random.PRNGKey(config.seed + 5))
   seconds = time.perf_counter() - start
   name = f"{cfg.score_source}_{cfg.method}_{cfg.num_steps}"
-  out_dir = common.stage_dir(workdir, "samples")
+  out_dir = common.stage_dir(config, workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
   fields = {"stage": "sample", "score_source": cfg.score_source, "method": cfg.method,
             "num_steps": cfg.num_steps, "nfe": samplers.nfe(cfg.method, cfg.num_steps),

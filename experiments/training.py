@@ -25,7 +25,7 @@ def run_vae(config: ml_collections.ConfigDict, workdir: str) -> None:
       kl=config.vae.kl, kl_weight=config.vae.kl_weight)
   optimizer, loop = common.loop_config(config.vae.training)
   train(loss_fn, params, common.batch_fn(images, config.vae.training.batch_size, config.seed),
-        optimizer=optimizer, loop=loop, workdir=common.stage_dir(workdir, "vae"),
+        optimizer=optimizer, loop=loop, workdir=common.stage_dir(config, workdir, "vae"),
         key=jax.random.PRNGKey(config.seed + 1))
 
 
@@ -37,7 +37,7 @@ def run_stats(config: ml_collections.ConfigDict, workdir: str) -> latent_stats.L
   for start in range(0, mean.shape[0], 1000):
     m, lv = mean[start:start + 1000], logvar[start:start + 1000]
     stats.update(targets.reparameterize(m, lv, rng.standard_normal(m.shape, dtype=np.float32)))
-  path = stats.save(common.stage_dir(workdir, "stats"))
+  path = stats.save(common.stage_dir(config, workdir, "stats"))
   logging.info("latent stats of %d samples -> %s (mean variance %.3g)", stats.count, path,
                stats.variance().mean())
   return stats
@@ -48,7 +48,7 @@ def ldm_loss_fn(config: ml_collections.ConfigDict, workdir: str, latent_shape):
   score_net, gate, params = common.init_ldm(config, latent_shape)
   gate_fn, prior = (gate.apply if gate else None), None
   if config.ldm.target == "critic_gate_prior":
-    prior = latent_stats.LatentStats.load(common.stage_dir(workdir, "stats")).as_prior()
+    prior = latent_stats.LatentStats.load(common.stage_dir(config, workdir, "stats")).as_prior()
   loss_fn = functools.partial(objectives.diffusion_loss, eps_fn=score_net.apply,
                               schedule=common.schedule(config), target=config.ldm.target,
                               gate_fn=gate_fn, prior=prior)
@@ -60,7 +60,7 @@ def run_ldm(config: ml_collections.ConfigDict, workdir: str) -> None:
   loss_fn, params = ldm_loss_fn(config, workdir, posterior[0].shape[1:])
   optimizer, loop = common.loop_config(config.ldm.training)
   train(loss_fn, params, common.batch_fn(posterior, config.ldm.training.batch_size, config.seed),
-        optimizer=optimizer, loop=loop, workdir=common.stage_dir(workdir, "ldm"),
+        optimizer=optimizer, loop=loop, workdir=common.stage_dir(config, workdir, "ldm"),
         key=jax.random.PRNGKey(config.seed + 3))
 
 
@@ -81,4 +81,4 @@ def run_cotrain(config: ml_collections.ConfigDict, workdir: str) -> None:
   optimizer, loop = common.loop_config(cfg.training)
   train(loss_fn, {"vae": vae_params, "score": score_params},
         common.batch_fn(images, cfg.training.batch_size, config.seed), optimizer=optimizer, loop=loop,
-        workdir=common.stage_dir(workdir, "cotrain"), key=jax.random.PRNGKey(config.seed + 4))
+        workdir=common.stage_dir(config, workdir, "cotrain"), key=jax.random.PRNGKey(config.seed + 4))

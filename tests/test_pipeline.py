@@ -121,3 +121,19 @@ def test_missing_vae_checkpoint_is_a_clear_error(tmp_path):
   config.stages = ("ldm",)
   with pytest.raises(FileNotFoundError, match="vae"):
     run_lib.run_stages(config, str(tmp_path))
+
+
+def test_rows_share_a_vae_through_vae_workdir(image_workdir, tmp_path):
+  """A run with config.vae_workdir uses (and would train) the autoencoder stages there: the finished VAE
+  of `image_workdir` is found, not trained again, and the LDM and samples stay in the run's own workdir."""
+  vae_checkpoint = os.path.join(image_workdir, "vae", "checkpoints", "2")
+  before = os.path.getmtime(vae_checkpoint)
+  config = tiny_images()
+  config.vae_workdir = image_workdir
+  config.ldm.target = "lsi"
+  config.stages = ("vae", "ldm", "sample")
+  run_lib.run_stages(config, str(tmp_path))
+  assert os.path.getmtime(vae_checkpoint) == before
+  assert not os.path.exists(tmp_path / "vae")
+  assert os.path.exists(tmp_path / "ldm" / "checkpoints" / "2")
+  assert os.path.exists(tmp_path / "samples" / "ldm_heun_pc_2.npz")
