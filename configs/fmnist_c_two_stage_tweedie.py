@@ -1,14 +1,10 @@
-"""002 row (c): VAE with the regular KL, then a Tweedie / DSM latent diffusion prior.
+"""002 row (c): the regular-KL VAE, then a Tweedie / DSM latent diffusion prior (the baseline).
 
-python -m experiments.run --config=configs/fmnist_c_two_stage_tweedie.py --workdir=runs/fmnist_c
+python -m experiments.run --config=configs/fmnist_c_two_stage_tweedie.py --workdir=runs/fmnist_c --config.seed=0
 """
 
 from configs import fmnist_base
 
 
 def get_config():
-  config = fmnist_base.get_config()
-  config.stages = ("vae", "ldm", "sample")
-  config.vae.kl = "regular"
-  config.ldm.target = "tweedie"
-  return config
+  return fmnist_base.two_stage("tweedie")
