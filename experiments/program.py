@@ -1,0 +1,404 @@
+"""The results program: every row of the Fashion-MNIST table (experiments/fmnist_rows.py) for each seed,
+in order, resumable across sessions (README "Protocol").
+
+    nohup python -m experiments.program run --commit > runs/fmnist/program.out 2>&1 &
+    python -m experiments.program status            # done, running, failed, left, and an ETA
+    python -m experiments.program pause | resume    # SIGSTOP / SIGCONT the running row (for benchmarks)
+
+Each (row, seed) is one `python -m experiments.run --config=<row config> --workdir=<root>/<row>/s<seed>
+--config.seed=<seed> [--config.vae_workdir=<root>/<home>/s<seed>]`: the row's own command, which trains,
+samples and evaluates, resuming whatever is done. Rows that share a VAE point at the workdir that holds
+it. The order is seed 0 of every row, then seed 1 of every row, then a third seed of every row whose
+FID is within twice the spread between seeds of another row's (`third_seed_rows`). A finished run
+leaves `done.json` in its workdir; its records, figures and training logs are copied to
+<results>/<row>/s<seed>/ and, with --commit, committed at once. A failed run is tried again once, then
+left for the next `run` (its log stays in <workdir>/run.log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import glob
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Iterable, Sequence
+
+from experiments import fmnist_rows
+
+DEFAULT_ROOT = "runs/fmnist"
+DEFAULT_RESULTS = "experiments/results/fmnist"
+LOCK = "program.lock"
+FIRST_SEEDS = (0, 1)
+THIRD_SEED = 2
+# Training stages and what their cost is measured by (experiments.run's stage names).
+TRAINING_STAGES = ("vae", "cotrain", "ldm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One row at one seed, and where it lives."""
+  row: fmnist_rows.Row
+  seed: int
+  root: str
+
+  @property
+  def name(self) -> str:
+    return f"{self.row.name}/s{self.seed}"
+
+  @property
+  def workdir(self) -> str:
+    return os.path.join(self.root, self.row.name, f"s{self.seed}")
+
+  @property
+  def vae_workdir(self) -> str | None:
+    home = self.row.vae_home
+    return None if home is None else os.path.join(self.root, home, f"s{self.seed}")
+
+  def command(self, overrides: Sequence[str] = ()) -> list[str]:
+    command = [sys.executable, "-m", "experiments.run", f"--config={self.row.config}",
+               f"--workdir={self.workdir}", f"--config.seed={self.seed}"]
+    if self.vae_workdir:
+      command.append(f"--config.vae_workdir={self.vae_workdir}")
+    return command + list(overrides)
+
+  def done(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, "done.json"))
+
+
+def runs_for(seeds: Iterable[int], root: str, rows: Sequence[fmnist_rows.Row] = fmnist_rows.ROWS) -> list[Run]:
+  """Seed by seed, every row in table order (row (b) after (a), whose VAE it uses)."""
+  return [Run(row, seed, root) for seed in seeds for row in rows]
+
+
+# --- records -------------------------------------------------------------------------------------------
+def eval_record(workdir: str) -> dict | None:
+  """The eval record of a finished run (its workdir's eval/*.json written by the `eval` stage)."""
+  paths = sorted(glob.glob(os.path.join(workdir, "eval", "*.json")))
+  records = []
+  for path in paths:
+    with open(path) as f:
+      record = json.load(f)
+    if record.get("stage") == "eval":
+      records.append(record)
+  return records[-1] if records else None
+
+
+def fids_by_row(root: str, seeds: Iterable[int]) -> dict[str, list[float]]:
+  """{row: [FID of each finished seed]} over `seeds`."""
+  out: dict[str, list[float]] = {}
+  for run in runs_for(seeds, root):
+    record = eval_record(run.workdir) if run.done() else None
+    if record is not None:
+      out.setdefault(run.row.name, []).append(float(record["metrics"]["fid"]))
+  return out
+
+
+def third_seed_rows(fids: dict[str, list[float]]) -> list[str]:
+  """Rows that need a third seed: those whose mean FID is within twice the spread between seeds (the
+  larger of the two rows' sample standard deviations) of another row's. Rows with fewer than two seeds
+  are not judged."""
+  judged = {name: values for name, values in fids.items() if len(values) >= 2}
+  spread = {name: statistics.stdev(values) for name, values in judged.items()}
+  mean = {name: statistics.fmean(values) for name, values in judged.items()}
+  close = set()
+  names = list(judged)
+  for i, first in enumerate(names):
+    for second in names[i + 1:]:
+      if abs(mean[first] - mean[second]) < 2 * max(spread[first], spread[second]):
+        close.update((first, second))
+  return [row.name for row in fmnist_rows.ROWS if row.name in close]
+
+
+def planned_runs(root: str) -> list[Run]:
+  """The whole program as far as it is known now: seeds 0 and 1 of every row, then the third seeds that
+  the finished first two call for (none until both seeds of at least two rows are done)."""
+  runs = runs_for(FIRST_SEEDS, root)
+  extra = third_seed_rows(fids_by_row(root, FIRST_SEEDS))
+  return runs + runs_for((THIRD_SEED,), root, [fmnist_rows.BY_NAME[name] for name in extra])
+
+
+# --- artefacts -----------------------------------------------------------------------------------------
+def copy_artefacts(run: Run, results: str) -> list[str]:
+  """Copies the run's small artefacts (eval records and figures, training logs and stage configs) to
+  <results>/<row>/s<seed>/ (the shared VAE's to <results>/<home>/s<seed>/); returns the paths written."""
+  written = []
+
+  def copy(source: str, target_dir: str) -> None:
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, os.path.basename(source))
+    shutil.copyfile(source, target)
+    written.append(target)
+
+  target = os.path.join(results, run.row.name, f"s{run.seed}")
+  for path in sorted(glob.glob(os.path.join(run.workdir, "eval", "*.json"))
+                     + glob.glob(os.path.join(run.workdir, "eval", "*.png"))):
+    copy(path, target)
+  homes = [(run.workdir, target)]
+  if run.vae_workdir:
+    homes.append((run.vae_workdir, os.path.join(results, run.row.vae_home, f"s{run.seed}")))
+  for workdir, target_dir in homes:
+    for stage in TRAINING_STAGES:
+      for name in ("metrics.jsonl", "config.json"):
+        path = os.path.join(workdir, stage, name)
+        if os.path.exists(path):
+          copy(path, os.path.join(target_dir, stage))
+  return written
+
+
+def commit(paths: Sequence[str], message: str, attempts: int = 5) -> None:
+  """Commits exactly `paths` (other staged or modified files stay as they are); retries while another
+  git process holds the index lock."""
+  repo = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=os.path.dirname(os.path.abspath(paths[0])),
+                        capture_output=True, text=True, check=True).stdout.strip()
+  for attempt in range(attempts):
+    add = subprocess.run(["git", "-C", repo, "add", "--", *map(os.path.abspath, paths)],
+                         capture_output=True, text=True)
+    result = subprocess.run(["git", "-C", repo, "commit", "-q", "-m", message, "--",
+                             *map(os.path.abspath, paths)], capture_output=True, text=True)
+    if add.returncode == 0 and result.returncode == 0:
+      return
+    if "index.lock" not in (add.stderr + result.stderr) or attempt == attempts - 1:
+      log(f"commit failed: {add.stderr.strip()} {result.stderr.strip()}")
+      return
+    time.sleep(5)
+
+
+def summary(record: dict) -> str:
+  metrics = record["metrics"]
+  parts = [f"FID {metrics['fid']:.2f}" if metrics.get("fid") is not None else None,
+           f"recon FID {metrics['recon_fid']:.2f}" if metrics.get("recon_fid") is not None else None,
+           f"SW2^2 {metrics['sw2_squared']:.3g}" if metrics.get("sw2_squared") is not None else None]
+  return ", ".join(p for p in parts if p)
+
+
+# --- running -------------------------------------------------------------------------------------------
+def log(message: str) -> None:
+  stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+  print(f"[{stamp}] {message}", flush=True)
+
+
+def _lock_path(root: str) -> str:
+  return os.path.join(root, LOCK)
+
+
+def read_lock(root: str) -> dict | None:
+  """The running driver's lock ({pid, run, child_pgid, started}) if its process is alive."""
+  try:
+    with open(_lock_path(root)) as f:
+      lock = json.load(f)
+    os.kill(lock["pid"], 0)
+  except (OSError, ValueError, KeyError):
+    return None
+  return lock
+
+
+def write_lock(root: str, **fields) -> None:
+  tmp = _lock_path(root) + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"pid": os.getpid(), **fields}, f)
+  os.replace(tmp, _lock_path(root))
+
+
+def run_one(run: Run, overrides: Sequence[str], root: str) -> int:
+  """Runs `run`'s command (its output appended to <workdir>/run.log); returns its exit status."""
+  os.makedirs(run.workdir, exist_ok=True)
+  command = run.command(overrides)
+  with open(os.path.join(run.workdir, "run.log"), "a") as out:
+    out.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(command)}\n")
+    out.flush()
+    child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    write_lock(root, run=run.name, child_pgid=child.pid, started=time.time())
+    return child.wait()
+
+
+def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bool,
+                seeds: Sequence[int] | None = None, rows: Sequence[str] | None = None) -> None:
+  """Runs every planned run that is not done, in order (only `seeds` / `rows` where given)."""
+  os.makedirs(root, exist_ok=True)
+  if read_lock(root) is not None:
+    raise SystemExit(f"another program driver is running on {root} (pid {read_lock(root)['pid']}).")
+  write_lock(root, run=None, child_pgid=None, started=time.time())
+  attempted: set[str] = set()
+  try:
+    while True:
+      runs = runs_for(seeds, root) if seeds is not None else planned_runs(root)
+      if rows is not None:
+        runs = [r for r in runs if r.row.name in rows]
+      todo = [r for r in runs if not r.done() and r.name not in attempted]
+      if not todo:
+        break
+      run = todo[0]
+      attempted.add(run.name)
+      for attempt in (1, 2):
+        log(f"{run.name}: start (attempt {attempt}): {' '.join(run.command(overrides))}")
+        start = time.time()
+        status = run_one(run, overrides, root)
+        seconds = time.time() - start
+        if status == 0:
+          break
+        log(f"{run.name}: exit status {status} after {seconds:.0f} s; log {run.workdir}/run.log")
+      if status != 0:
+        with open(os.path.join(run.workdir, "failed.json"), "w") as f:
+          json.dump({"failed": datetime.datetime.now().isoformat(timespec="seconds"), "status": status}, f)
+        continue
+      if os.path.exists(os.path.join(run.workdir, "failed.json")):
+        os.remove(os.path.join(run.workdir, "failed.json"))
+      record = eval_record(run.workdir)
+      with open(os.path.join(run.workdir, "done.json"), "w") as f:
+        json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
+      written = copy_artefacts(run, results)
+      message = f"{run.name}: done in {seconds / 3600:.2f} h" + (f": {summary(record)}" if record else "")
+      log(message)
+      if do_commit and written:
+        commit(written, f"Results {run.name} ({run.row.label}): {summary(record) if record else 'no eval record'}")
+  finally:
+    os.remove(_lock_path(root))
+
+
+def signal_running(root: str, sig: int) -> str:
+  lock = read_lock(root)
+  if lock is None or not lock.get("child_pgid"):
+    return "no program row is running."
+  os.killpg(lock["child_pgid"], sig)
+  return f"{signal.Signals(sig).name} sent to {lock['run']} (process group {lock['child_pgid']})."
+
+
+# --- status and ETA -----------------------------------------------------------------------------------
+def _metrics(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _stage_kind(stage: str, config_path: str) -> str:
+  """Training stages cost per step by kind: the critic-gate LDMs run a gate network besides the UNet."""
+  if stage == "ldm" and "cg_" in os.path.basename(config_path):
+    return "ldm_gate"
+  return stage
+
+
+def measured_costs(root: str) -> dict[str, float]:
+  """Seconds per training step of each stage kind (median steps/s of every logged interval so far) and
+  seconds per eval (the mean total wall time of the eval records), over the whole program's workdirs."""
+  rates: dict[str, list[float]] = {}
+  evals = []
+  for run in runs_for(FIRST_SEEDS + (THIRD_SEED,), root):
+    for workdir in filter(None, (run.workdir, run.vae_workdir)):
+      for stage in TRAINING_STAGES:
+        kind = _stage_kind(stage, run.row.config if workdir == run.workdir else "")
+        rates.setdefault(kind, []).extend(
+            m["steps_per_sec"] for m in _metrics(os.path.join(workdir, stage, "metrics.jsonl"))
+            if m.get("steps_per_sec"))
+    record = eval_record(run.workdir) if run.done() else None
+    if record is not None:
+      evals.append(record["wall_seconds"]["total"])
+  costs = {kind: 1.0 / statistics.median(values) for kind, values in rates.items() if values}
+  if evals:
+    costs["eval"] = statistics.fmean(evals)
+  return costs
+
+
+def pilot_costs(results: str) -> dict[str, float]:
+  """The pilot's estimates (seconds per step by stage kind, seconds per eval), where it has run."""
+  path = os.path.join(results, "pilot", "pilot.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f).get("costs", {})
+
+
+def remaining_seconds(run: Run, costs: dict[str, float], num_steps: int) -> float | None:
+  """Seconds left for `run`: its training stages' remaining steps (latest checkpoint against num_steps)
+  and its eval; None where a cost is unknown."""
+  if run.done():
+    return 0.0
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(run.row.config[:-3].replace("/", ".")).get_config()
+  total = 0.0
+  for stage in config.stages:
+    if stage in TRAINING_STAGES:
+      home = run.vae_workdir if (stage in ("vae", "cotrain") and run.vae_workdir) else run.workdir
+      ckpts = glob.glob(os.path.join(home, stage, "checkpoints", "[0-9]*"))
+      done = max((int(os.path.basename(p)) for p in ckpts), default=0)
+      kind = _stage_kind(stage, run.row.config)
+      if kind not in costs:
+        return None
+      total += max(num_steps - done, 0) * costs[kind]
+    elif stage == "eval":
+      if "eval" not in costs:
+        return None
+      total += costs["eval"]
+  return total
+
+
+def status(root: str, results: str) -> str:
+  from configs import fmnist_base  # pylint: disable=g-import-not-at-top
+  num_steps = fmnist_base.EPOCHS * fmnist_base.EPOCH_STEPS
+  costs = {**pilot_costs(results), **measured_costs(root)}
+  lock = read_lock(root)
+  running = lock.get("run") if lock else None
+  lines, left, unknown = [], 0.0, False
+  for run in planned_runs(root):
+    if run.done():
+      record = eval_record(run.workdir)
+      lines.append(f"  done     {run.name:16s} {summary(record) if record else ''}")
+      continue
+    seconds = remaining_seconds(run, costs, num_steps)
+    unknown |= seconds is None
+    left += seconds or 0.0
+    if run.name == running:
+      state = "running"
+    elif os.path.exists(os.path.join(run.workdir, "failed.json")):
+      state = "failed"
+    else:
+      state = "started" if os.path.exists(os.path.join(run.workdir, "run.log")) else "left"
+    eta = "?" if seconds is None else f"{seconds / 3600:.1f} h"
+    lines.append(f"  {state:8s} {run.name:16s} ~{eta}")
+  head = f"program in {root}: " + (f"driver pid {lock['pid']}, running {running}" if lock else "not running")
+  total = f"left: ~{left / 3600:.1f} h" + (" (+ runs of unknown cost)" if unknown else "")
+  third = third_seed_rows(fids_by_row(root, FIRST_SEEDS))
+  return "\n".join([head, *lines, total, f"third seeds called for: {third or 'none (yet)'}",
+                    f"costs (s/step by stage kind, s/eval): {json.dumps({k: round(v, 3) for k, v in costs.items()})}"])
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("action", choices=("run", "status", "pause", "resume"))
+  parser.add_argument("--root", default=DEFAULT_ROOT, help="where the workdirs go")
+  parser.add_argument("--results", default=DEFAULT_RESULTS, help="where the small artefacts are copied")
+  parser.add_argument("--commit", action="store_true", help="commit each finished run's artefacts")
+  parser.add_argument("--seeds", default=None,
+                      help="only these seeds, e.g. 0 or 0,1 (default: the program: 0, 1, then third seeds)")
+  parser.add_argument("--rows", default=None, help="only these rows, e.g. c,lsi (default: every row)")
+  parser.add_argument("--override", action="append", default=[],
+                      help="an extra --config.key=value for every run (tests, pilots)")
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = parse_args(argv)
+  if args.action == "run":
+    seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
+    rows = None if args.rows is None else args.rows.split(",")
+    unknown = sorted(set(rows or ()) - set(fmnist_rows.BY_NAME))
+    if unknown:
+      raise SystemExit(f"unknown row(s) {unknown}; the rows are {sorted(fmnist_rows.BY_NAME)}.")
+    run_program(args.root, args.results, args.override, args.commit, seeds, rows)
+  elif args.action == "status":
+    print(status(args.root, args.results))
+  else:
+    print(signal_running(args.root, signal.SIGSTOP if args.action == "pause" else signal.SIGCONT))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,136 @@
+"""The results program driver (experiments/program.py): order, resume, retries, artefacts, third seeds,
+commits. Rows are replaced by a stand-in command that writes what `experiments.run` would (no JAX)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import fmnist_rows, program
+
+# A stand-in for `experiments.run`: writes an eval record with FID = 10 + seed and a training log, or
+# fails while <workdir>/fail exists (and removes it, so the retry succeeds when FAIL_ONCE is set).
+FAKE_RUN = r"""
+import json, os, sys
+workdir, seed = sys.argv[1], int(sys.argv[2])
+fail = os.path.join(workdir, "fail")
+if os.path.exists(fail):
+  if open(fail).read() == "once":
+    os.remove(fail)
+  sys.exit(3)
+os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+os.makedirs(os.path.join(workdir, "ldm"), exist_ok=True)
+record = {"stage": "eval", "metrics": {"fid": 10.0 + seed, "recon_fid": 5.0, "sw2_squared": 1e-3},
+          "wall_seconds": {"total": 60.0}}
+json.dump(record, open(os.path.join(workdir, "eval", "ldm_rk4_10_n8.json"), "w"))
+open(os.path.join(workdir, "eval", "ldm_rk4_10_n8_grid.png"), "wb").write(b"png")
+open(os.path.join(workdir, "ldm", "metrics.jsonl"), "w").write(json.dumps({"step": 100, "steps_per_sec": 4.0}) + "\n")
+with open(os.path.join(os.path.dirname(os.path.dirname(workdir)), "calls.txt"), "a") as f:
+  f.write(f"{os.path.basename(os.path.dirname(workdir))}/s{seed}\n")
+"""
+
+
+@pytest.fixture
+def fake_rows(monkeypatch, tmp_path):
+  script = tmp_path / "fake_run.py"
+  script.write_text(FAKE_RUN)
+  monkeypatch.setattr(program.Run, "command",
+                      lambda self, overrides=(): [sys.executable, str(script), self.workdir, str(self.seed)])
+  return tmp_path
+
+
+def calls(root) -> list[str]:
+  path = os.path.join(root, "calls.txt")
+  return open(path).read().split() if os.path.exists(path) else []
+
+
+def test_program_order_is_seed_by_seed_with_b_after_a():
+  names = [run.name for run in program.runs_for((0, 1), "runs")]
+  rows = [row.name for row in fmnist_rows.ROWS]
+  assert names == [f"{r}/s0" for r in rows] + [f"{r}/s1" for r in rows]
+  assert rows.index("b") > rows.index("a")
+
+
+def test_shared_vae_rows_point_at_the_same_workdir_of_their_seed():
+  runs = {run.name: run for run in program.runs_for((0, 1), "runs")}
+  assert runs["c/s0"].vae_workdir == runs["cg_prior/s0"].vae_workdir == "runs/two_stage_vae/s0"
+  assert runs["c/s1"].vae_workdir == "runs/two_stage_vae/s1"
+  assert runs["b/s1"].vae_workdir == runs["a/s1"].workdir
+  assert runs["a/s0"].vae_workdir is None
+  assert "--config.vae_workdir=runs/a/s0" in runs["b/s0"].command()
+  assert not any(arg.startswith("--config.vae_workdir") for arg in runs["d/s0"].command())
+
+
+def test_program_runs_each_row_once_copies_its_artefacts_and_resumes(fake_rows):
+  root, results = str(fake_rows / "runs"), str(fake_rows / "results")
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert calls(root) == ["c/s0", "lsi/s0"]
+  for row in ("c", "lsi"):
+    assert os.path.exists(os.path.join(root, row, "s0", "done.json"))
+    copied = sorted(os.listdir(os.path.join(results, row, "s0")))
+    assert copied == ["ldm", "ldm_rk4_10_n8.json", "ldm_rk4_10_n8_grid.png"]
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert calls(root) == ["c/s0", "lsi/s0"]  # nothing run again
+  assert not os.path.exists(os.path.join(root, program.LOCK))
+
+
+def test_a_failing_row_is_retried_once_then_left_for_the_next_run(fake_rows):
+  root, results = str(fake_rows / "runs"), str(fake_rows / "results")
+  os.makedirs(os.path.join(root, "c", "s0"))
+  open(os.path.join(root, "c", "s0", "fail"), "w").write("always")
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert calls(root) == ["lsi/s0"]  # c failed twice; the program went on
+  log = open(os.path.join(root, "c", "s0", "run.log")).read()
+  assert log.count("=== ") == 2
+  assert os.path.exists(os.path.join(root, "c", "s0", "failed.json"))
+  assert "failed" in program.status(root, results).split("c/s0")[0].splitlines()[-1]
+  open(os.path.join(root, "c", "s0", "fail"), "w").write("once")
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert calls(root) == ["lsi/s0", "c/s0"]
+  assert not os.path.exists(os.path.join(root, "c", "s0", "failed.json"))
+
+
+def test_third_seeds_for_rows_within_twice_the_spread_of_another():
+  # c and lsi: means 11 and 11.25, spread sd(10, 12) = 1.41: within 2.83 of each other. a: far from both.
+  fids = {"c": [10.0, 12.0], "lsi": [11.0, 11.5], "a": [5.0, 5.1], "d": [11.0]}
+  assert program.third_seed_rows(fids) == ["c", "lsi"]
+  assert program.third_seed_rows({"c": [10.0, 10.0], "lsi": [10.0, 10.0]}) == []  # no spread, no tie
+  assert program.third_seed_rows({"c": [10.0, 10.2], "lsi": [10.1, 10.3]}) == ["c", "lsi"]
+
+
+def test_planned_runs_add_third_seeds_once_two_seeds_are_done(fake_rows):
+  root, results = str(fake_rows / "runs"), str(fake_rows / "results")
+  assert len(program.planned_runs(root)) == 2 * len(fmnist_rows.ROWS)
+  program.run_program(root, results, (), do_commit=False, seeds=(0, 1), rows=("c", "lsi"))
+  # The stand-in gives every row FID 10 + seed: equal means, spread 0.71: both need a third seed.
+  planned = [run.name for run in program.planned_runs(root)]
+  assert planned[-2:] == ["c/s2", "lsi/s2"]
+
+
+def test_status_counts_what_is_left_with_the_measured_costs(fake_rows):
+  root, results = str(fake_rows / "runs"), str(fake_rows / "results")
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c",))
+  text = program.status(root, results)
+  assert "done     c/s0" in text and "FID 10.00" in text
+  costs = program.measured_costs(root)
+  assert costs["ldm"] == pytest.approx(0.25) and costs["eval"] == pytest.approx(60.0)
+
+
+def test_commit_takes_only_the_given_paths(tmp_path):
+  repo = tmp_path / "repo"
+  repo.mkdir()
+  git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True)
+  git("init", "-q")
+  git("config", "user.email", "t@example.com")
+  git("config", "user.name", "t")
+  (repo / "other.txt").write_text("staged, not committed\n")
+  git("add", "other.txt")
+  (repo / "record.json").write_text("{}\n")
+  program.commit([str(repo / "record.json")], "Results c/s0")
+  assert git("log", "--format=%s").stdout.strip() == "Results c/s0"
+  assert git("show", "--name-only", "--format=", "HEAD").stdout.split() == ["record.json"]
+  assert "A  other.txt" in git("status", "--porcelain").stdout
