@@ -240,3 +240,44 @@ def test_objectives_jit():
   eager, _ = loss_fn({"score": None}, (mean, logvar), keys())
   jitted, _ = jax.jit(loss_fn)({"score": None}, (mean, logvar), keys())
   np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+
+
+def test_prior_csem_gate_has_a_degenerate_zero_loss_optimum():
+  """MATH.md errata 4: with 001's prior CSEM, the gate g_p = sigma^2 / (sigma^2 + alpha^2 v_agg) (the
+  oracle gate of the Gaussian fit) cancels z0, and the blend is the score of the diffused Gaussian fit,
+  -(z_t - alpha mu_agg) / (alpha^2 v_agg + sigma^2), whatever the posteriors. A critic that outputs that
+  (wrong) score has zero critic-gate loss. Float32 bound: each of the three terms of the residual
+  (1 - g) eps_a + g eps - eps_hat carries a rounding error of a few ulps of its size M, so the loss is at
+  most (4 * 2^-23)^2 mean(M^2) (each term's size counted). The same critic against the unbiased LSI
+  target of the same (non-Gaussian) posteriors has a loss of order 1: the optimum is degenerate."""
+  mean, logvar = posterior()
+  prior_mean = jnp.asarray(np.random.default_rng(5).normal(size=SHAPE), jnp.float32)
+  prior_logvar = jnp.asarray(np.random.default_rng(6).uniform(-1, 1, size=SHAPE), jnp.float32)
+
+  def coefficients(t):
+    return SCHEDULE.alpha(t)[:, None, None, None], SCHEDULE.sigma(t)[:, None, None, None]
+
+  def gaussian_gate(params, z_t, t):
+    alpha, sigma = coefficients(t)
+    return targets.oracle_gate(jnp.broadcast_to(prior_logvar, z_t.shape), alpha, sigma)
+
+  def gaussian_critic(params, z_t, t):  # eps-space form of the diffused Gaussian's score
+    alpha, sigma = coefficients(t)
+    score = targets.lsi_score(z_t, jnp.broadcast_to(prior_mean, z_t.shape),
+                              jnp.broadcast_to(prior_logvar, z_t.shape), alpha, sigma)
+    return targets.score_to_eps(score, sigma)
+
+  params = {"score": None, "gate": None}
+  loss, metrics = objectives.diffusion_loss(params, (mean, logvar), keys(), eps_fn=gaussian_critic,
+                                            schedule=SCHEDULE, target="critic_gate_prior",
+                                            gate_fn=gaussian_gate, prior=(prior_mean, prior_logvar))
+  t, z0, z_t, alpha, sigma, eps = by_hand(mean, logvar, keys())
+  g = gaussian_gate(None, z_t, t)
+  eps_a = targets.score_to_eps(targets.prior_csem_score(z0, prior_mean, prior_logvar, alpha), sigma)
+  size = jnp.abs((1 - g) * eps_a) + jnp.abs(g * eps) + jnp.abs(gaussian_critic(None, z_t, t))
+  bound = (4 * 2.0**-23) ** 2 * float(jnp.mean(size**2))
+  assert float(loss) <= bound, (float(loss), bound)
+  assert float(metrics["target_second_moment"]) > 0.1  # the target itself is not trivially 0
+  lsi_loss, _ = objectives.diffusion_loss(params, (mean, logvar), keys(), eps_fn=gaussian_critic,
+                                          schedule=SCHEDULE, target="lsi")
+  assert float(lsi_loss) > 0.05
