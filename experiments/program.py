@@ -308,12 +308,21 @@ def measured_costs(root: str) -> dict[str, float]:
 
 
 def pilot_costs(results: str) -> dict[str, float]:
-  """The pilot's estimates (seconds per step by stage kind, seconds per eval), where it has run."""
+  """The pilot's estimates for the chosen size (seconds per step by stage kind, seconds per eval), where
+  it has run (experiments/pilot.py)."""
   path = os.path.join(results, "pilot", "pilot.json")
   if not os.path.exists(path):
     return {}
   with open(path) as f:
-    return json.load(f).get("costs", {})
+    record = json.load(f)
+  chosen = record.get("chosen")
+  if chosen is None or chosen not in record.get("timing", {}).get("projection_hours_two_seeds", {}):
+    return {}
+  projection = record["timing"]["projection_hours_two_seeds"][chosen]
+  num_steps = projection["num_steps"]
+  costs = {kind: hours * 3600 / num_steps for kind, hours in projection["stage_hours"].items()}
+  costs["eval"] = projection["eval_seconds_per_row"]
+  return costs
 
 
 def remaining_seconds(run: Run, costs: dict[str, float], num_steps: int) -> float | None:

@@ -1,13 +1,23 @@
-"""Markdown tables from run records: `python -m experiments.tables RECORD.json [...]`.
+"""Markdown tables from run records.
 
-The README's tables are pasted from this script's output, so every number there traces to a record.
+    python -m experiments.tables                    # the Fashion-MNIST results table (README "Results")
+    python -m experiments.tables RECORD.json [...]  # the tables of exact-field records
+
+The README's tables are this script's output as printed, so every number there traces to a record.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import statistics
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+from experiments import fmnist_rows
+
+FMNIST_RESULTS = "experiments/results/fmnist"
 
 
 def exact_field_table(record: dict[str, Any]) -> str:
@@ -45,7 +55,62 @@ TABLES: dict[str, list[Callable[[dict[str, Any]], str]]] = {
 }
 
 
+def fmnist_records(results: str = FMNIST_RESULTS) -> dict[str, list[dict[str, Any]]]:
+  """{row: [eval record of each seed, by seed]} of the committed Fashion-MNIST records."""
+  out = {}
+  for row in fmnist_rows.ROWS:
+    seeds = []
+    for seed_dir in sorted(glob.glob(os.path.join(results, row.name, "s*")), key=lambda p: int(p.rsplit("s", 1)[1])):
+      for path in sorted(glob.glob(os.path.join(seed_dir, "*.json"))):
+        with open(path) as f:
+          record = json.load(f)
+        if record.get("stage") == "eval":
+          seeds.append(record)
+    if seeds:
+      out[row.name] = seeds
+  return out
+
+
+def mean_spread(values: Sequence[float], digits: int) -> str:
+  """'mean ± sd (n)' over seeds; the sd is the sample standard deviation (n - 1)."""
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.{digits}f} (1)"
+  return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} ({len(values)})"
+
+
+def mean_spread_sci(values: Sequence[float]) -> str:
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.2e} (1)"
+  return f"{statistics.fmean(values):.2e} ± {statistics.stdev(values):.1e} ({len(values)})"
+
+
+def fmnist_table(records: dict[str, list[dict[str, Any]]]) -> str:
+  """002's Table 1 with our rows beside it: recon FID, FID and latent SW2^2 at RK4 x 10, mean ± sd over
+  seeds (the number of seeds in brackets), and the SW2^2 floor of real against real latents."""
+  lines = ["| method | recon FID | FID (RK4@10) | SW2^2 (RK4@10) | SW2^2 real vs real | 002: recon FID | 002: FID | 002: SW2 |",
+           "| --- |" + " --- |" * 7]
+  for row in fmnist_rows.ROWS:
+    seeds = records.get(row.name, [])
+    metric = lambda name: [r["metrics"].get(name) for r in seeds]
+    floor = [r["metrics"].get("sw2_squared_real_vs_real") for r in seeds]
+    floor = [f["mean"] if isinstance(f, dict) else f for f in floor]
+    paper = ("-", "-", "-") if row.paper is None else (f"{row.paper[0]:.2f}", f"{row.paper[1]:.2f}",
+                                                      f"{row.paper[2]:.2e}")
+    lines.append(f"| {row.label} | {mean_spread(metric('recon_fid'), 2)} | {mean_spread(metric('fid'), 2)} | "
+                 f"{mean_spread_sci(metric('sw2_squared'))} | {mean_spread_sci(floor)} | " + " | ".join(paper) + " |")
+  return "\n".join(lines)
+
+
 def main(paths: list[str]) -> None:
+  if not paths:
+    print(fmnist_table(fmnist_records()))
+    return
   for path in paths:
     with open(path) as f:
       record = json.load(f)
