@@ -150,8 +150,8 @@ class CosineSchedule(Schedule):
     super().__post_init__()
     check_cosine_offset(self.c)
     if not self.t_max < 1.0:
-      raise ValueError(f"the cosine schedule needs t_max < 1, got t_max={self.t_max}: beta(t) = pi/(1+c) "
-                       "tan(pi/2 (t+c)/(1+c)) is infinite at t = 1 (MATH.md section 1); the default is 0.995.")
+      raise ValueError(f"the cosine schedule needs t_max < 1 (default 0.995), got t_max={self.t_max}: beta(t) "
+                       "= pi/(1+c) tan(pi/2 (t+c)/(1+c)) is infinite at t = 1 (MATH.md section 1).")
 
   def _theta_scale(self):
     return 0.5 * math.pi / (1.0 + self.c)

@@ -23,6 +23,7 @@ from cgdiff.train import TrainLoopConfig, create_state, make_optimizer
 from cgdiff.train import checkpoint
 
 TOY = "toy2d"
+VAE_SOURCES = ("vae", "cotrain")  # the stages that train a VAE (config.ldm / config.stats.vae_source)
 
 
 def stage_dir(workdir: str, stage: str) -> str:
@@ -132,7 +133,7 @@ def trained_vae(config: ml_collections.ConfigDict, workdir: str, source: str, im
   if source == "cotrain":
     module, _, params = trained_cotrain(config, workdir, image_shape)
     return module, params["vae"]
-  raise ValueError(f"unknown VAE source {source!r}; expected 'vae' or 'cotrain'.")
+  raise ValueError(f"unknown VAE source {source!r}; expected one of {VAE_SOURCES}.")
 
 
 def encoded_training_set(config: ml_collections.ConfigDict, workdir: str,

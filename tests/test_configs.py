@@ -13,6 +13,7 @@ import pytest
 from cgdiff import objectives, samplers
 from cgdiff.models import build
 from experiments import run as run_lib
+from experiments import validation
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
                  if not p.endswith("__init__.py"))
@@ -37,3 +38,9 @@ def test_config_is_consistent(name):
     latent = (h // vae.downsample_factor, w // vae.downsample_factor, vae.latent_channels)
   net = build.score_net(config.score_net)
   jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1,) + latent), jnp.zeros((1,)))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_passes_the_checks_a_run_starts_with(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert validation.config_problems(config, config.stages, run_lib.STAGES) == []
