@@ -34,8 +34,10 @@ TRAINING_GROUPS = ("vae", "ldm", "cotrain")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-class UserError(Exception):
-  """An anticipated mistake in the command line or the config; the message names it and the fix."""
+class UserError(ValueError):
+  """An anticipated mistake in the command line or the config; the message names it and the fix.
+
+  A ValueError, so that callers of run_stages that caught the ValueErrors of before still do."""
 
 
 # --- the command line: config file and override keys -----------------------------------------------
@@ -83,16 +85,17 @@ def _has_key(config: ml_collections.ConfigDict, key: str) -> bool:
 def _unknown_key_message(config: ml_collections.ConfigDict, key: str) -> str:
   """'config has no key KEY' with the closest existing key and the keys of the deepest known group."""
   known, node = _walk(config, key)
-  where = ".".join(known)
+  where, parts = ".".join(known), key.split(".")
+  if len(known) == len(parts):  # every part exists, yet config_flags cannot resolve it
+    return f"the config key {key!r} cannot be overridden from the command line"
   if not isinstance(node, ml_collections.ConfigDict):
     return f"the config has no key {key!r} ({where!r} is a value, not a group)"
   siblings = sorted(node.keys())
   message = f"the config has no key {key!r}"
-  parts = key.split(".")
   guess = difflib.get_close_matches(parts[len(known)], siblings, n=1)
   if guess:
     message += f"; did you mean {'.'.join(known + guess + parts[len(known) + 1:])!r}?"
-  return message + f" ({repr(where) + ' has' if where else 'its groups are'} {', '.join(siblings)})"
+  return message + f" ({repr(where) + ' has' if where else 'its top-level keys are'} {', '.join(siblings)})"
 
 
 # --- the config --------------------------------------------------------------------------------------
