@@ -8,6 +8,8 @@ their concrete inputs (time range, shapes) before tracing.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import jax
@@ -42,6 +44,25 @@ def check_in_range(name: str, x: Any, lo: float, hi: float) -> None:
   if arr.size and (arr.min() < lo - slack or arr.max() > hi + slack):
     raise ValueError(
         f"{name} must lie in [{lo:g}, {hi:g}], got values in [{arr.min():g}, {arr.max():g}].")
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+  """`value` as an int; ValueError unless it is an integer (Python or numpy, not bool) >= `minimum`.
+
+  Counts (steps, samples) fix array shapes and loop lengths, so they must be static integers: a float
+  such as 2.5 would otherwise fail deep inside jax.random.split or lax.scan with a bare TypeError.
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+    kind = "" if isinstance(value, (int, np.integer)) else f" ({type(value).__name__})"
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}{kind}.")
+  return int(value)
+
+
+def check_number(name: str, value: Any) -> float:
+  """`value` as a float; ValueError unless it is a finite real number (a parameter, not an array)."""
+  if isinstance(value, numbers.Real) and math.isfinite(value):
+    return float(value)
+  raise ValueError(f"{name} must be a finite number, got {value!r}.")
 
 
 def check_same_shape(**arrays: Any) -> None:

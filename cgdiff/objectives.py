@@ -29,7 +29,9 @@ DecodeFn = Callable[[Params, Array], Array]  # (params, z0) -> x_hat
 
 ScoreTarget = Literal["tweedie", "lsi", "critic_gate", "critic_gate_prior"]
 SCORE_TARGETS = ("tweedie", "lsi", "critic_gate", "critic_gate_prior")
+COTRAIN_SCORE_TARGETS = ("tweedie", "lsi")  # co-training has no gate network
 KLKind = Literal["regular", "modified"]
+KL_KINDS = ("regular", "modified")
 
 
 def _per_example(t: Array, ndim: int) -> Array:
@@ -145,7 +147,7 @@ def gaussian_kl(mean: Array, logvar: Array, kind: KLKind) -> Array:
     return 0.5 * jnp.mean(mean**2 + v - 1.0 - logvar)
   if kind == "modified":
     return 0.5 * jnp.mean(mean**2 + v)
-  raise ValueError(f"unknown KL kind {kind!r}; expected 'regular' or 'modified'.")
+  raise ValueError(f"unknown KL kind {kind!r}; expected one of {KL_KINDS}.")
 
 
 def stiffness_penalty(logvar: Array, alpha: Array, sigma: Array) -> Array:
@@ -188,8 +190,8 @@ def cotrain_loss(params: Params, images: Array, keys: Array, *, encode_fn: Encod
   encoder either way. The score term draws its own z0 (a different posterior draw from the
   reconstruction's); both are unbiased.
   """
-  if score_target not in ("tweedie", "lsi"):
-    raise ValueError(f"co-training uses score_target 'tweedie' or 'lsi', got {score_target!r}.")
+  if score_target not in COTRAIN_SCORE_TARGETS:
+    raise ValueError(f"co-training uses a score_target in {COTRAIN_SCORE_TARGETS}, got {score_target!r}.")
   terms, (mean, logvar) = autoencoder_terms(params["vae"], images, keys, encode_fn=encode_fn,
                                             decode_fn=decode_fn, kl=kl)
   score_mean, score_logvar = mean, logvar

@@ -59,7 +59,7 @@ def register(name: str, evals_per_step: int, stochastic: bool) -> Callable[[Step
 
 def nfe(method: str, num_steps: int, denoise: bool = False) -> int:
   """Number of score evaluations of `sample(..., method=method, num_steps=num_steps)`."""
-  return _method(method).evals_per_step * num_steps + int(denoise)
+  return _method(method).evals_per_step * _checks.check_int("num_steps", num_steps) + int(denoise)
 
 
 def _method(name: str) -> Method:
@@ -201,6 +201,7 @@ def sample(score_fn: ScoreFn, schedule: schedules_lib.Schedule, key: Array, shap
 def discrete_steps(table: schedules_lib.DiscreteTable, num_steps: int, t_max: float) -> np.ndarray:
   """Decreasing table indices for a strided discrete sampler: about `num_steps` evenly spaced
   indices from the last step with time (i + 1)/T <= t_max down to 0."""
+  _checks.check_int("num_steps", num_steps)
   top = int(np.floor(t_max * table.num_steps + 1e-9)) - 1
   if not 0 <= top < table.num_steps:
     raise ValueError(f"t_max={t_max} selects no step of a table with {table.num_steps} steps.")

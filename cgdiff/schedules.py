@@ -8,7 +8,9 @@ A schedule states only its OU time u(t) = -log alpha(t), the rate du/dt and the 
     sched.alpha(t), sched.sigma(t), sched.beta(t), sched.ou_time(t), sched.log_snr(t)
 
 All methods are vectorised, work under jit / vmap / grad and keep the dtype of `t`. Concrete times
-outside [t_min, t_max] raise a ValueError (see `cgdiff._checks`).
+outside [t_min, t_max] raise a ValueError (see `cgdiff._checks`), and so does a schedule built with
+parameters that make it NaN or infinite somewhere in its range (cosine t_max >= 1 or c < 0, linear
+beta_min < 0, t_min <= 0, ...): the error comes at construction, not as NaN samples.
 
 Default time ranges. The cosine beta(t) = pi/(1+c) tan(pi/2 (t+c)/(1+c)) is infinite at t = 1, so its
 default t_max is 0.995 (alpha = 7.8e-3: the prior N(0, I) matches the marginal to 6e-5 in variance).
@@ -49,7 +51,9 @@ class Schedule(abc.ABC):
   t_max: float
 
   def __post_init__(self):
-    if not 0.0 < self.t_min < self.t_max:
+    # t_min > 0: sigma(0) = 0 and the log-SNR is infinite there; subclasses add their own bounds.
+    t_min, t_max = _checks.check_number("t_min", self.t_min), _checks.check_number("t_max", self.t_max)
+    if not 0.0 < t_min < t_max:
       raise ValueError(f"need 0 < t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}.")
 
   # --- what each schedule states -------------------------------------------------------------
@@ -119,6 +123,21 @@ class OUSchedule(Schedule):
     return u
 
 
+def check_cosine_offset(c) -> None:
+  """Raises ValueError unless the cosine offset c is finite and >= 0.
+
+  abar(t) = cos^2(theta(t)) / cos^2(theta_0), theta(t) = pi/2 (t + c)/(1 + c), theta_0 = theta(0), and
+  theta(1) = pi/2 for every c != -1. For c > -1, theta rises to pi/2 and abar <= 1 (alpha <= 1, sigma^2
+  >= 0) on the whole range only if theta_0 >= 0, i.e. c >= 0: for -1/2 < c < 0 abar exceeds 1 near
+  t = 0 (sigma is NaN there), c = -1/2 makes f(0) = 0 and c = -1 divides by zero. For c < -1, cos^2's
+  symmetry about pi/2 makes c the same schedule as c' = -2 - c: no schedule for -2 < c < -1, and a
+  second spelling of c' >= 0 for c <= -2, refused too (tests/test_schedules.py checks both cases).
+  """
+  if _checks.check_number("c", c) < 0.0:
+    raise ValueError(f"the cosine offset c must be >= 0 (001 uses 0.008), got c={c}: with c < 0, "
+                     "abar(t) = f(t)/f(0) exceeds 1 near t = 0, f(0) = 0 at c = -1/2 and c = -1 divides by zero.")
+
+
 @dataclasses.dataclass(frozen=True)
 class CosineSchedule(Schedule):
   """The cosine VP schedule of Nichol & Dhariwal (001 eq. 4): abar = f(t)/f(0), f = cos^2(theta),
@@ -126,6 +145,13 @@ class CosineSchedule(Schedule):
   """
 
   c: float = 0.008
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_cosine_offset(self.c)
+    if not self.t_max < 1.0:
+      raise ValueError(f"the cosine schedule needs t_max < 1 (default 0.995), got t_max={self.t_max}: beta(t) "
+                       "= pi/(1+c) tan(pi/2 (t+c)/(1+c)) is infinite at t = 1 (MATH.md section 1).")
 
   def _theta_scale(self):
     return 0.5 * math.pi / (1.0 + self.c)
@@ -157,6 +183,14 @@ class LinearSchedule(Schedule):
 
   beta_min: float = 0.1
   beta_max: float = 20.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    beta_min, beta_max = (_checks.check_number(name, getattr(self, name)) for name in ("beta_min", "beta_max"))
+    # beta(t) is a noise rate: >= 0 over the whole range, and not identically 0 (alpha would stay 1).
+    if not (0.0 <= beta_min <= beta_max and beta_max > 0.0):
+      raise ValueError(f"the linear schedule needs 0 <= beta_min <= beta_max and beta_max > 0, got "
+                       f"beta_min={self.beta_min}, beta_max={self.beta_max}.")
 
   def _ou_time(self, t):
     return 0.5 * (self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
@@ -199,8 +233,7 @@ def time_grid(schedule: Schedule, num_steps: int, *, t_max: float | None = None,
   schedule's unbounded beta therefore never makes a step unstable.
   spacing="uniform": uniform in t (what 001's sketch does; unstable for the cosine schedule near t = 1).
   """
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+  _checks.check_int("num_steps", num_steps)
   t_max = schedule.t_max if t_max is None else float(t_max)
   t_min = schedule.t_min if t_min is None else float(t_min)
   _checks.check_in_range("t_max", t_max, schedule.t_min, schedule.t_max)
@@ -243,8 +276,11 @@ def cosine_table(num_steps: int = 1000, c: float = 0.008, max_beta: float = 0.99
   betas_i = 1 - abar((i + 1)/T) / abar(i/T), clipped to [1e-8, max_beta]; alphas_cumprod = cumprod(1 - betas),
   so alphas_cumprod[i] = abar((i + 1)/T) wherever no clip was active (all i < T - 1 for T = 1000).
   """
-  if num_steps < 2:
-    raise ValueError(f"num_steps must be >= 2, got {num_steps}.")
+  _checks.check_int("num_steps", num_steps, minimum=2)
+  check_cosine_offset(c)
+  # max_beta = 1 would make alphas_cumprod 0 from there on, and the discrete samplers divide by it.
+  if not 0.0 < _checks.check_number("max_beta", max_beta) < 1.0:
+    raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}.")
   tau = np.arange(num_steps + 1, dtype=np.float64) / num_steps
   f = np.cos((tau + c) / (1.0 + c) * np.pi / 2.0) ** 2
   abar = f / f[0]

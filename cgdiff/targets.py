@@ -37,10 +37,12 @@ def _check_positive(name: str, x) -> None:
     raise ValueError(f"{name} must be > 0, got min {np.min(np.asarray(x)):g}.")
 
 
-def _check_coefficients(z_shape: tuple[int, ...], alpha=None, sigma=None) -> None:
+def _check_coefficients(z_shape: tuple[int, ...] | None, alpha=None, sigma=None) -> None:
+  """alpha and sigma (where given) finite and > 0, and broadcasting to z_shape (None: any shape)."""
   for name, value in (("alpha", alpha), ("sigma", sigma)):
     if value is not None:
-      _checks.check_broadcasts_to(name, value, z_shape, "the latent")
+      if z_shape is not None:
+        _checks.check_broadcasts_to(name, value, z_shape, "the latent")
       _check_positive(name, value)
 
 
@@ -71,7 +73,13 @@ def diffuse(z0: Array, eps: Array, alpha, sigma) -> Array:
 
 
 def diffused_variance(logvar: Array, alpha, sigma) -> Array:
-  """alpha^2 v + sigma^2: the variance of the diffused posterior component q(z_t | x) (002 eq. 9)."""
+  """alpha^2 v + sigma^2: the variance of the diffused posterior component q(z_t | x) (002 eq. 9).
+
+  logvar, alpha and sigma broadcast against each other (the Gaussian-field code passes [1, K, D]
+  variances with [B, 1, 1] coefficients), so only their values are checked here.
+  """
+  _checks.check_finite("logvar", logvar)
+  _check_coefficients(None, alpha, sigma)
   return alpha**2 * jnp.exp(logvar) + sigma**2
 
 
@@ -147,6 +155,8 @@ def conditional_target_variances(logvar: Array, alpha, sigma) -> tuple[Array, Ar
   With P = v sigma^2 / (sigma^2 + alpha^2 v), the variance of z0 given (z_t, x):
   Var(b) = alpha^2 P / sigma^4 and Var(a) = P / (alpha^2 v^2); lsi has none (it is their mean).
   """
+  _checks.check_finite("logvar", logvar)
+  _check_coefficients(jnp.shape(logvar), alpha, sigma)
   v = jnp.exp(logvar)
   p = v * sigma**2 / diffused_variance(logvar, alpha, sigma)
   return alpha**2 * p / sigma**4, p / (alpha**2 * v**2)
@@ -217,6 +227,7 @@ def sample_gaussian_field(key: Array, means: Array, logvars: Array, log_weights:
   Returns component indices [N] and samples [N, *means.shape[1:]].
   """
   _checks.check_same_shape(means=means, logvars=logvars)
+  _checks.check_int("num_samples", num_samples)
   key_i, key_z = jax.random.split(key)
   idx = jax.random.categorical(key_i, jnp.asarray(log_weights), shape=(num_samples,))
   return idx, sample_posterior(key_z, jnp.asarray(means)[idx], jnp.asarray(logvars)[idx])

@@ -23,16 +23,15 @@ from cgdiff.train import TrainLoopConfig, create_state, make_optimizer
 from cgdiff.train import checkpoint
 
 TOY = "toy2d"
-
-
-# The stages that train a VAE. config.vae_workdir, where set, puts them in another workdir, so that
-# rows can share one VAE (the five two-stage rows of a seed; row (b) uses row (a)'s).
-AUTOENCODER_STAGES = ("vae", "cotrain")
+# The stages that train a VAE (the values of config.ldm / config.stats.vae_source). config.vae_workdir,
+# where set, puts them in another workdir, so that rows can share one VAE (the five two-stage rows of a
+# seed; row (b) uses row (a)'s).
+VAE_SOURCES = ("vae", "cotrain")
 
 
 def stage_dir(config: ml_collections.ConfigDict, workdir: str, stage: str) -> str:
   """<workdir>/<stage>, or <config.vae_workdir>/<stage> for the autoencoder stages where it is set."""
-  if stage in AUTOENCODER_STAGES and config.get("vae_workdir"):
+  if stage in VAE_SOURCES and config.get("vae_workdir"):
     return os.path.join(config.vae_workdir, stage)
   return os.path.join(workdir, stage)
 
@@ -140,7 +139,7 @@ def trained_vae(config: ml_collections.ConfigDict, workdir: str, source: str, im
   if source == "cotrain":
     module, _, params = trained_cotrain(config, workdir, image_shape)
     return module, params["vae"]
-  raise ValueError(f"unknown VAE source {source!r}; expected 'vae' or 'cotrain'.")
+  raise ValueError(f"unknown VAE source {source!r}; expected one of {VAE_SOURCES}.")
 
 
 def encoded_training_set(config: ml_collections.ConfigDict, workdir: str,

@@ -1,18 +1,21 @@
 """Entry point: `python -m experiments.run --config=configs/<name>.py --workdir=DIR [--config.key=value]`.
 
 Runs the stages that `config.stages` names, in order. Stages compose library functions; no maths here.
+The config file, the override keys, the whole config and the workdir are checked before any stage runs
+(experiments/validation.py): a mistake there ends the run with one paragraph and exit status 2.
 """
 
 from __future__ import annotations
 
-import os
+import re
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgdiff import records
 from cgdiff.train import devices
-from experiments import evaluation, exact_field, sampling, training
+from experiments import evaluation, exact_field, sampling, training, validation
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -43,12 +46,10 @@ STAGES = {
 
 
 def run_stages(config, workdir: str, stages: tuple[str, ...] | None = None) -> None:
-  """Runs `stages` (default: config.stages) on `workdir`, in order."""
+  """Runs `stages` (default: config.stages) on `workdir`, in order, once the whole config and the
+  workdir have passed their checks (validation.UserError where they do not)."""
   stages = tuple(config.stages if stages is None else stages)
-  unknown = [s for s in stages if s not in STAGES]
-  if unknown:
-    raise ValueError(f"unknown stage(s) {unknown}; expected some of {sorted(STAGES)}.")
-  os.makedirs(workdir, exist_ok=True)
+  validation.check_run(config, stages, STAGES, workdir)
   logging.info("cgdiff at commit %s", records.git_commit())  # fixed now, before any stage runs
   for stage in stages:
     logging.info("stage %s -> %s", stage, workdir)
@@ -68,9 +69,33 @@ class _QuietOrbax:
     return record.levelno > 20 or "orbax" not in record.pathname
 
 
+def config_arguments(argv: list[str]) -> tuple[str | None, list[str]]:
+  """(the --config file, the KEYs of the --config.KEY overrides) as written in `argv`, read the way
+  ml_collections' config flag reads them (--config=PATH or --config PATH; --[no]config.KEY[=VALUE])."""
+  path, keys = None, []
+  for i, arg in enumerate(argv[1:], 1):
+    if re.fullmatch(r"--?config(=.*)?", arg):
+      path = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else None)
+    elif re.match(r"--?(no)?config\.", arg):
+      keys.append(arg.split("=", 1)[0].split(".", 1)[1])
+  return path, keys
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, after checking what ml_collections reports only as a traceback: that the
+  config file exists and that every override names a key of it."""
+  path, keys = config_arguments(argv)
+  if path is not None:
+    validation.check_config_file(path, keys, FLAGS["config"].parser.parse)
+  return app.parse_flags_with_usage(argv)
+
+
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  stages = tuple(FLAGS.config.stages if FLAGS.stages is None else FLAGS.stages)
+  # Before the device count is chosen from the batch sizes (run_stages checks again: a no-op here).
+  validation.check_run(FLAGS.config, stages, STAGES, FLAGS.workdir)
   if FLAGS.distributed:
     # Multi-host runs keep JAX's CPU device count: a host's share of the batch is known only after this.
     import jax  # pylint: disable=g-import-not-at-top
@@ -79,11 +104,24 @@ def main(argv):
                  jax.local_device_count())
   else:
     # Before any JAX operation: the CPU device count is fixed when JAX's backends start.
-    requested = devices.resolve_cpu_devices(FLAGS.cpu_devices, training_batch_sizes(FLAGS.config, FLAGS.stages))
+    try:
+      requested = devices.resolve_cpu_devices(FLAGS.cpu_devices, training_batch_sizes(FLAGS.config, stages))
+    except ValueError as error:
+      raise validation.UserError(f"--cpu_devices={FLAGS.cpu_devices}: {error}") from error
     count = devices.set_cpu_devices(requested)  # XLA_FLAGS' count, where set, instead
     logging.info("%d CPU device(s) (--cpu_devices=%s)", count, FLAGS.cpu_devices)
-  run_stages(FLAGS.config, FLAGS.workdir, FLAGS.stages)
+  run_stages(FLAGS.config, FLAGS.workdir, stages)
+
+
+def cli() -> None:
+  """app.run(main), with an anticipated mistake (validation.UserError, from the flags or from main)
+  printed as its one paragraph and exit status 2; every other error keeps its traceback."""
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except validation.UserError as error:
+    sys.stderr.write(f"experiments.run: {error}\n")
+    sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli()

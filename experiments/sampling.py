@@ -21,6 +21,9 @@ from cgdiff.metrics import sw2
 from experiments import common
 
 
+SCORE_SOURCES = ("ldm", "cotrain")  # the stages that train a score network (config.sample.score_source)
+
+
 class TrainedNetworks(NamedTuple):
   """The networks a score source provides (EMA parameters); the VAE and gate fields may be None."""
   vae: Any
@@ -49,7 +52,7 @@ def trained_networks(config: ml_collections.ConfigDict, workdir: str) -> Trained
                            common.latent_shape_of(vae, config.data.image_shape),
                            common.latest_step(config, workdir, "cotrain"))
   if source != "ldm":
-    raise ValueError(f"unknown score source {source!r}; expected 'ldm' or 'cotrain'.")
+    raise ValueError(f"unknown score source {source!r}; expected one of {SCORE_SOURCES}.")
   vae, vae_params, latent_shape = None, None, (2,)
   if not toy:
     vae, vae_params = common.trained_vae(config, workdir, config.ldm.vae_source, config.data.image_shape)

@@ -15,6 +15,7 @@ from cgdiff.models import build
 from configs import fmnist_base
 from experiments import fmnist_rows
 from experiments import run as run_lib
+from experiments import validation
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
                  if not p.endswith("__init__.py"))
@@ -39,6 +40,12 @@ def test_config_is_consistent(name):
     latent = (h // vae.downsample_factor, w // vae.downsample_factor, vae.latent_channels)
   net = build.score_net(config.score_net)
   jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1,) + latent), jnp.zeros((1,)))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_passes_the_checks_a_run_starts_with(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert validation.config_problems(config, config.stages, run_lib.STAGES) == []
 
 
 # --- the Fashion-MNIST results rows (experiments/fmnist_rows.py, README "Protocol") ---------------------

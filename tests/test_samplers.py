@@ -260,3 +260,24 @@ def test_invalid_arguments_are_clear_errors():
     samplers.sample(score_fn, schedule, key, (4, 2), method="rk4", num_steps=0)
   with pytest.raises(ValueError, match="unknown discrete method"):
     samplers.sample_discrete(score_fn, schedules.cosine_table(), key, (4, 2), method="plms", num_steps=5, t_max=0.995)
+
+
+@pytest.mark.parametrize("num_steps", [0, -3, 2.5, 10.0, True, "10"])
+def test_step_counts_must_be_positive_integers(num_steps):
+  """nfe("rk4", 0) was 0 and nfe("rk4", -3) was -12; num_steps=2.5 failed with a bare TypeError."""
+  score_fn = field_score_fn(schedules.cosine(), FIELD_2D)
+  key, match = jax.random.PRNGKey(0), "num_steps must be an integer >= 1, got "
+  with pytest.raises(ValueError, match=match):
+    samplers.nfe("rk4", num_steps)
+  with pytest.raises(ValueError, match=match):
+    samplers.sample(score_fn, schedules.cosine(), key, (4, 2), method="euler_ode", num_steps=num_steps)
+  with pytest.raises(ValueError, match=match):
+    samplers.sample_discrete(score_fn, schedules.cosine_table(), key, (4, 2), method="ddim",
+                             num_steps=num_steps, t_max=0.995)
+
+
+def test_numpy_integer_step_counts_are_accepted():
+  assert samplers.nfe("rk4", np.int64(10)) == 40
+  z = samplers.sample(lambda z, t: -z, schedules.cosine(), jax.random.PRNGKey(0), (4, 2), method="rk4",
+                      num_steps=np.int32(3))
+  chex.assert_shape(z, (4, 2))

@@ -131,6 +131,62 @@ def test_invalid_schedules_are_errors():
     schedules.ou(t_min=0.0)
 
 
+@pytest.mark.parametrize("make, match", [
+    # beta(1) is infinite: t_max = 1 used to be accepted and sampled NaN (MATH.md section 1).
+    (lambda: schedules.cosine(t_max=1.0), "needs t_max < 1"),
+    (lambda: schedules.cosine(t_max=1.5), "needs t_max < 1"),
+    # c = -1 divided by zero; -1/2 < c < 0 gave abar > 1 near t = 0, so sigma was NaN there.
+    (lambda: schedules.cosine(c=-1.0), "offset c must be >= 0"),
+    (lambda: schedules.cosine(c=-0.2), "offset c must be >= 0"),
+    (lambda: schedules.cosine(c=float("nan")), "c must be a finite number"),
+    (lambda: schedules.cosine_table(c=-1.0), "offset c must be >= 0"),
+    (lambda: schedules.cosine_table(max_beta=1.0), r"max_beta must lie in \(0, 1\)"),
+    (lambda: schedules.cosine_table(2.5), "num_steps must be an integer >= 2, got 2.5"),
+    (lambda: schedules.linear(beta_min=-1.0), "0 <= beta_min <= beta_max"),
+    (lambda: schedules.linear(beta_min=5.0, beta_max=1.0), "0 <= beta_min <= beta_max"),
+    (lambda: schedules.linear(beta_min=0.0, beta_max=0.0), "beta_max > 0"),
+    (lambda: schedules.ou(t_max=float("inf")), "t_max must be a finite number"),
+    (lambda: schedules.linear(t_min=float("nan")), "t_min must be a finite number"),
+    (lambda: schedules.cosine(t_min="0.001"), "t_min must be a finite number"),
+])
+def test_parameters_that_would_give_nan_are_errors_at_construction(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()
+
+
+def _cosine_abar(c, t):
+  """001's abar(t) = f(t)/f(0), f = cos^2(pi/2 (t + c)/(1 + c)), straight from the formula."""
+  f = lambda tau: np.cos(np.pi / 2 * (tau + c) / (1 + c)) ** 2
+  return f(t) / f(0.0), f(0.0)
+
+
+@pytest.mark.parametrize("c", [-0.2, -0.45, -0.5, -0.6, -1.2, -1.5, -1.9])
+def test_negative_cosine_offsets_are_no_vp_schedule(c):
+  """The derivation behind check_cosine_offset, on 001's formula itself: for -2 < c < 0 (c != -1,
+  which divides by zero), abar is no VP schedule on [0, 1): f(0) = 0, or abar exceeds 1 (sigma^2 < 0),
+  or abar rises again after falling (u(t) has no inverse)."""
+  t = np.linspace(0.0, 0.999, 10_001)
+  abar, f0 = _cosine_abar(c, t)
+  assert f0 < 1e-12 or np.max(abar) > 1.0 + 1e-6 or np.any(np.diff(abar) > 1e-12)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.008, 1.0])
+def test_non_negative_cosine_offsets_are_vp_schedules_and_c_below_minus_two_only_mirrors_them(c):
+  t = np.linspace(0.0, 0.999, 10_001)
+  abar, _ = _cosine_abar(c, t)
+  assert abar[0] == 1.0 and np.all(abar > 0) and np.all(np.diff(abar) <= 0)
+  # cos^2 is symmetric about pi/2: c' = -2 - c <= -2 gives the same abar, a second spelling of c.
+  np.testing.assert_allclose(_cosine_abar(-2.0 - c, t)[0], abar, atol=1e-12)
+
+
+def test_boundary_parameters_are_accepted_and_finite():
+  """c = 0 (the plain cosine), beta_min = 0 and t_max just below 1 are valid: finite everywhere."""
+  for s in (schedules.cosine(c=0.0), schedules.linear(beta_min=0.0), schedules.cosine(t_max=0.9999)):
+    t = dense_times(s)
+    for method in ("alpha", "sigma", "beta", "log_snr"):
+      assert np.all(np.isfinite(np.asarray(getattr(s, method)(t)))), (s, method)
+
+
 def test_discrete_table_is_the_continuous_schedule_at_step_plus_one_over_T():
   """MATH.md errata 6: alphas_cumprod[i] = abar((i + 1)/T), not abar((i + 1)/(T + 1))."""
   T = 1000
@@ -187,3 +243,8 @@ class TestTimeGrid:
       schedules.time_grid(s, 10, t_max=0.1, t_min=0.2)
     with pytest.raises(ValueError, match="spacing"):
       schedules.time_grid(s, 10, spacing="karras")
+
+  @pytest.mark.parametrize("num_steps", [2.5, 10.0, -3, True, "10"])
+  def test_num_steps_must_be_a_positive_integer(self, num_steps):
+    with pytest.raises(ValueError, match="num_steps must be an integer >= 1"):
+      schedules.time_grid(schedules.cosine(), num_steps)

@@ -350,3 +350,28 @@ def test_invalid_inputs_are_clear_errors():
   # Under jit only shapes are known: the shape error is still raised at trace time.
   with pytest.raises(ValueError, match="shape mismatch"):
     jax.jit(T.lsi_score)(z_t, m[:3], lv, a, s)
+
+
+@pytest.mark.parametrize("fn", [T.diffused_variance, T.conditional_target_variances])
+def test_variances_check_concrete_inputs_and_still_trace(fn):
+  """Both passed NaN logvar (and NaN or zero coefficients) through to NaN output; traced inputs,
+  which have no values to check, must still work under jit and grad."""
+  _, _, _, lv, a, s = _inputs(np.random.default_rng(15))
+  bad = lv.copy()
+  bad[1, 0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match="logvar has 1 non-finite"):
+    fn(bad, a, s)
+  with pytest.raises(ValueError, match="alpha has 1 non-finite"):
+    fn(lv, np.nan, s)
+  with pytest.raises(ValueError, match="sigma must be > 0"):
+    fn(lv, a, 0.0)
+  expected = fn(lv, a, s)
+  chex.assert_trees_all_close(jax.jit(fn)(lv, a, s), expected, rtol=1e-6)
+  grad = jax.grad(lambda x: jnp.sum(jax.tree.leaves(fn(x, a, s))[0]))(jnp.asarray(lv))
+  assert bool(jnp.all(jnp.isfinite(grad)))
+
+
+def test_sample_gaussian_field_needs_a_positive_integer_count():
+  means, logvars, log_weights = random_field(16, 3, (2,))
+  with pytest.raises(ValueError, match="num_samples must be an integer >= 1, got 2.5"):
+    T.sample_gaussian_field(jax.random.PRNGKey(0), means, logvars, log_weights, 2.5)

@@ -24,7 +24,10 @@ import numpy as np
 from cgdiff.data import cifar10, fashion_mnist, synthetic
 
 IMAGE_SIZE = 32
-SOURCES = ("cifar10", "fashion_mnist", "synthetic")
+# The image sources and the keyword arguments `load_images` passes on to each.
+SOURCE_KWARGS = {"cifar10": ("download",), "fashion_mnist": (), "synthetic": ("num_images", "channels", "seed")}
+SOURCES = tuple(SOURCE_KWARGS)
+SPLITS = ("train", "test")
 # Default sizes of the synthetic splits; the test split is drawn from a different seed stream.
 SYNTHETIC_NUM_IMAGES = {"train": 10_000, "test": 2_000}
 _SYNTHETIC_STREAM = {"train": None, "test": 1}
@@ -99,16 +102,14 @@ def load_images(name: str, split: str, data_dir: str | None = None, **kwargs) ->
   Returns:
     float32 [N, 32, 32, C], validated by check_images.
   """
-  allowed = {"cifar10": {"download"}, "fashion_mnist": set(),
-             "synthetic": {"num_images", "channels", "seed"}}
-  if name not in allowed:
+  if name not in SOURCE_KWARGS:
     raise ValueError(f"unknown image source {name!r}; expected one of {SOURCES}.")
-  unknown = set(kwargs) - allowed[name]
+  unknown = set(kwargs) - set(SOURCE_KWARGS[name])
   if unknown:
     raise TypeError(f"load_images({name!r}) got unexpected argument(s) {sorted(unknown)}; "
-                    f"it accepts {sorted(allowed[name]) or 'none'}.")
-  if split not in ("train", "test"):
-    raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+                    f"it accepts {sorted(SOURCE_KWARGS[name]) or 'none'}.")
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
   if name == "cifar10":
     pixels, _ = cifar10.load(split, data_dir, **kwargs)
   elif name == "fashion_mnist":

@@ -11,6 +11,7 @@ import ml_collections
 import optax
 
 Params = Any
+LR_SCHEDULES = ("constant", "cosine")  # after the warm-up
 
 
 @flax.struct.dataclass
@@ -32,7 +33,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) ->
   elif config.lr_schedule == "cosine":
     after = optax.cosine_decay_schedule(config.learning_rate, max(num_steps - config.warmup_steps, 1))
   else:
-    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; expected 'constant' or 'cosine'.")
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; expected one of {LR_SCHEDULES}.")
   if config.warmup_steps == 0:
     return after
   return optax.join_schedules([warmup, after], [config.warmup_steps])
