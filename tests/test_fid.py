@@ -167,7 +167,10 @@ def _cached_real_statistics() -> list[str]:
   directory = fid.default_stats_dir()
   paths = sorted(os.path.join(directory, name) for name in os.listdir(directory)
                  if name.endswith(".npz")) if os.path.isdir(directory) else []
-  return [p for p in paths if fid.FeatureStats.load(p)[0].mean.shape == (inception.FEATURE_DIM,)]
+  # Statistics of n <= REAL_DIM images restrict to REAL_DIM features only with their feature factor (kept
+  # since factors are cached; older files lack it).
+  keep = lambda s: s.mean.shape == (inception.FEATURE_DIM,) and (s.n > REAL_DIM or s.factor is not None)
+  return [p for p in paths if keep(fid.FeatureStats.load(p)[0])]
 
 
 REAL_DIM = 256  # the first 256 Inception features: real statistics at a size scipy's sqrtm takes in ~1 s
