@@ -240,7 +240,8 @@ def _fid(config, decode, samples_store, latents, reference, recon_latents, split
         variables=variables, batch_size=batch, progress="Inception: real images")
   # The samples' features live with their latents; the reconstructions' in the shared statistics cache,
   # keyed by what they depend on (VAE, bank, images), so every row on this VAE finds them.
-  stores = {"sample_features": chunks.ChunkStore.keyed(samples_store.directory, "inception", inception_settings)}
+  stores = {"sample_features": chunks.ChunkStore.keyed(samples_store.directory, "inception",
+                                                       inception_settings)}
   num_recon = len(recon_latents)
   stores["reconstruction_features"] = chunks.ChunkStore.keyed(
       os.path.join(cfg.cache_dir or fid.default_stats_dir(), "reconstructions"),
@@ -262,8 +263,9 @@ def _fid(config, decode, samples_store, latents, reference, recon_latents, split
   fields = {
       "fid": {"compared": f"Inception features of the {len(latents)} decoded samples against {reference_desc}",
               "num_generated": int(len(latents)), "num_reference": int(len(reference))},
-      "recon_fid": {"compared": (f"Inception features of decode(z0) of the first {num_recon} {split} images "
-                                 f"(z0 as for SW2, eps from the posterior_{split} bank) against {reference_desc}"),
+      "recon_fid": {"compared": (f"Inception features of decode(z0) of the first {num_recon} {split} "
+                                 f"images (z0 as for SW2, eps from the posterior_{split} bank) against "
+                                 f"{reference_desc}"),
                     "num_images": num_recon, "vae_sha256": network_hashes["vae_sha256"],
                     "posterior_bank_sha256": split_bank.sha256},
       "inception": {"weights": inception_settings["inception_weights"], "batch_size": batch,

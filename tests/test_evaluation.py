@@ -80,7 +80,8 @@ def test_the_banks_and_the_sw2_protocol(trained, tmp_path):
   for bank in record["banks"].values():
     if isinstance(bank, dict):
       assert os.path.dirname(bank["path"]) == bank_dir
-      assert banks.noise_bank(bank_dir, bank["name"], tuple(bank["shape"]), bank["seed"]).sha256 == bank["sha256"]
+      stored = banks.noise_bank(bank_dir, bank["name"], tuple(bank["shape"]), bank["seed"])
+      assert stored.sha256 == bank["sha256"]
 
   # SW2 recomputed from its definition: the 8 generated latents against z0 of the first 8 test images.
   networks = sampling.trained_networks(config, workdir)
@@ -91,8 +92,8 @@ def test_the_banks_and_the_sw2_protocol(trained, tmp_path):
   directions = sw2.projection_bank(z0[0].size, config.eval.sw2_projections, config.eval.sw2_seed)
   # The same float32 latents and float64 projections; z0 differs only by the encoder's batching (one
   # pass of 8 here, of 8 + 32 in the stage): float32 rounding of O(1) values, ~1e-6 relative.
-  np.testing.assert_allclose(record["metrics"]["sw2_squared"], sw2.sliced_wasserstein2(latents, z0, directions),
-                             rtol=1e-5)
+  np.testing.assert_allclose(record["metrics"]["sw2_squared"],
+                             sw2.sliced_wasserstein2(latents, z0, directions), rtol=1e-5)
   floor = record["sw2"]["real_vs_real"]
   assert floor["draws"] == 4 and floor["draws_asked"] == 5  # 32 training images hold 4 sets of 8
   assert len(floor["values"]) == 4 and floor["mean"] == pytest.approx(np.mean(floor["values"]), rel=1e-12)
