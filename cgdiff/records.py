@@ -12,6 +12,7 @@ import subprocess
 from typing import Any
 
 import jax
+import numpy as np
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,6 +36,23 @@ def config_hash(config: Any) -> str:
   as_dict = config.to_dict() if hasattr(config, "to_dict") else config
   text = json.dumps(as_dict, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def array_sha256(array: Any) -> str:
+  """sha256 of an array's dtype, shape and C-order bytes: names a stored bank or result in a record."""
+  array = np.ascontiguousarray(jax.device_get(array))
+  digest = hashlib.sha256(f"{array.dtype.str}{array.shape};".encode())
+  digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def tree_sha256(tree: Any) -> str:
+  """sha256 over the (path, array_sha256) of a pytree's leaves, sorted by path: names network parameters."""
+  leaves = [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  digest = hashlib.sha256()
+  for path, leaf in sorted(leaves, key=lambda item: item[0]):
+    digest.update(f"{path}={array_sha256(leaf)};".encode())
+  return digest.hexdigest()
 
 
 def run_record(config: Any, **fields: Any) -> dict[str, Any]:

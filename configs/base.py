@@ -97,8 +97,19 @@ def get_config() -> ml_collections.ConfigDict:
       "fid": True,
       "inception_weights": ml_collections.FieldReference(None, field_type=str),  # None: the cache
       "inception_batch_size": 100,
-      "cache_dir": ml_collections.FieldReference(None, field_type=str),  # None: ~/.cache/cgdiff
+      # Reference statistics and reconstruction features; None: ~/.cache/cgdiff/fid_stats
+      "cache_dir": ml_collections.FieldReference(None, field_type=str),
       "sw2_projections": 512, "sw2_seed": 0,
+      # The real-vs-real SW2 floor: mean and sd over this many disjoint sets of training latents (one
+      # draw is heavy-tailed), each against the reference latents; fewer when the training set is short.
+      "sw2_floor_draws": 5,
+      # Fixed noise banks shared by every row and seed (cgdiff.metrics.banks): the samplers' z_T, the
+      # posterior eps of each real image; bank_seed also seeds the SDE path noise and the floor's sets.
+      "bank_dir": ml_collections.FieldReference(None, field_type=str),  # None: ~/.cache/cgdiff/eval_banks
+      "bank_seed": 0,
+      # Rows per saved chunk of latents and features (rounded up to whole batches): what a killed
+      # evaluation does not redo.
+      "chunk_size": 1000,
       "profile_times": 24, "profile_batch": 512,  # score targets and gate across time
   })
   return config

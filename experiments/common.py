@@ -155,12 +155,18 @@ def latent_shape_of(vae_module, image_shape) -> tuple[int, ...]:
   return (image_shape[0] // factor, image_shape[1] // factor, vae_module.latent_channels)
 
 
+@functools.partial(jax.jit, static_argnames="vae_module")
+def _encode_batch(params, x, *, vae_module):
+  return vae_module.apply(params, x, method=vae_module.encode)
+
+
 def encode_all(vae_module, params, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-  """Posterior parameters (mean, logvar) [N, h, w, C] of every image, in batches."""
-  encode = jax.jit(lambda x: vae_module.apply(params, x, method=vae_module.encode))
+  """Posterior parameters (mean, logvar) [N, h, w, C] of every image, in batches (one compilation per VAE
+  and batch shape for the process)."""
   means, logvars = [], []
   for start in range(0, images.shape[0], batch_size):
-    mean, logvar = jax.device_get(encode(images[start:start + batch_size]))
+    mean, logvar = jax.device_get(_encode_batch(params, images[start:start + batch_size],
+                                                vae_module=vae_module))
     means.append(mean)
     logvars.append(logvar)
   return np.concatenate(means), np.concatenate(logvars)

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from cgdiff import records
+from cgdiff import chunks, records
 from cgdiff.data import pipeline
 from cgdiff.metrics import fid, inception, inception_weights
 
@@ -33,18 +33,12 @@ FLAGS = flags.FLAGS
 
 
 def split_features(images: np.ndarray, variables, workdir: str, chunk: int, batch_size: int) -> np.ndarray:
-  """Inception features [N, 2048] of `images`, computed chunk by chunk and saved as they come."""
-  os.makedirs(workdir, exist_ok=True)
-  parts = []
-  for start in range(0, len(images), chunk):
-    path = os.path.join(workdir, f"features_{start:06d}_{min(start + chunk, len(images)):06d}.npy")
-    if not os.path.exists(path):
-      features = inception.inception_features(variables, images[start:start + chunk], batch_size)
-      np.save(path + ".tmp.npy", features)
-      os.replace(path + ".tmp.npy", path)
-      logging.info("features of images %d..%d of %d -> %s", start, start + len(features), len(images), path)
-    parts.append(np.load(path))
-  return np.concatenate(parts)
+  """Inception features [N, 2048] of `images`, computed chunk by chunk and saved as they come in
+  `workdir` (cgdiff.chunks: a rerun loads the chunks it finds)."""
+  store = chunks.ChunkStore(workdir, {"num_images": len(images), "batch_size": batch_size,
+                                      "inception_weights": inception_weights.weights_id()})
+  return store.array("features", lambda start, stop: inception.inception_features(
+      variables, images[start:stop], batch_size), len(images), chunk, label="Inception features")
 
 
 def main(argv):

@@ -6,9 +6,10 @@ scatter against exact samples with SW2 (the toy), and samples/<name>.json with t
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
@@ -63,36 +64,78 @@ def trained_networks(config: ml_collections.ConfigDict, workdir: str) -> Trained
                          common.latest_step(config, workdir, "ldm"))
 
 
-def draw_latents(config: ml_collections.ConfigDict, networks: TrainedNetworks, *, method: str,
-                 num_steps: int, num_samples: int, batch_size: int, key: jax.Array,
-                 progress: bool = False) -> np.ndarray:
-  """[num_samples, *latent_shape] latents from the score network with `method` x `num_steps`, drawn
-  in batches of `batch_size` (one compiled sampler; batch i uses fold_in(key, i))."""
-  schedule = common.schedule(config)
-  net, params = networks.score_net, networks.score_params
+BatchSampler = Callable[[jax.Array, Any], jax.Array]
+
+
+@functools.partial(jax.jit, static_argnames=("net", "schedule", "method", "num_steps", "shape"))
+def _sample_batch(params, key, initial, *, net, schedule, method, num_steps, shape):
+  """samplers.sample with the score network's parameters as an argument: one compilation per network,
+  sampler and shape for the whole process (modules and schedules compare by value)."""
 
   def score_fn(z, t):  # s = -eps_hat / sigma (MATH.md section 2)
     sigma = schedule.sigma(t).reshape((-1,) + (1,) * (z.ndim - 1))
     return targets.eps_to_score(net.apply(params, z, t), sigma)
 
-  run_batch = jax.jit(lambda key: samplers.sample(score_fn, schedule, key,
-                                                  (batch_size,) + networks.latent_shape,
-                                                  method=method, num_steps=num_steps))
-  batches = range(-(-num_samples // batch_size))
+  return samplers.sample(score_fn, schedule, key, shape, method=method, num_steps=num_steps, z_init=initial)
+
+
+def batch_sampler(config: ml_collections.ConfigDict, networks: TrainedNetworks, *, method: str,
+                  num_steps: int, batch_size: int) -> BatchSampler:
+  """The sampler of [batch_size, *latent_shape] latents: (key, initial) -> latents, where `initial` is
+  the prior noise z_T [batch_size, *latent_shape] to start from, or None to draw it from `key` (the SDE
+  samplers' path noise always comes from `key`)."""
+  static = {"net": networks.score_net, "schedule": common.schedule(config), "method": method,
+            "num_steps": num_steps, "shape": (batch_size,) + tuple(networks.latent_shape)}
+  return lambda key, initial=None: _sample_batch(networks.score_params, key, initial, **static)
+
+
+def sample_rows(run_batch: BatchSampler, key: jax.Array, batch_size: int, start: int, stop: int,
+                initial: np.ndarray | None = None, progress: str | None = None) -> np.ndarray:
+  """Rows [start, stop) (start a multiple of batch_size) of the latents whose batch i, rows
+  [i B, (i + 1) B), `run_batch` draws with key fold_in(key, i), starting from initial[i B:(i + 1) B] when
+  `initial` [>= stop, *latent_shape] is given (the last batch padded with zeros, its extra rows dropped).
+  Any chunking of [0, N) gives the same rows as one call."""
+  if start % batch_size:
+    raise ValueError(f"start must be a multiple of batch_size={batch_size}, got {start}.")
+  if initial is not None and len(initial) < stop:
+    raise ValueError(f"initial noise has {len(initial)} rows, fewer than the {stop} asked for.")
+  batches = range(start // batch_size, -(-stop // batch_size))
   if progress:
-    batches = tqdm.tqdm(batches, desc=f"{method} x {num_steps}", unit="batch")
-  latents = np.concatenate([np.asarray(run_batch(jax.random.fold_in(key, i))) for i in batches])
-  latents = latents[:num_samples]
+    batches = tqdm.tqdm(batches, desc=progress, unit="batch")
+  out = []
+  for i in batches:
+    z = None
+    if initial is not None:
+      z = np.asarray(initial[i * batch_size:(i + 1) * batch_size], np.float32)
+      z = np.concatenate([z, np.zeros((batch_size - len(z),) + z.shape[1:], np.float32)])
+    out.append(np.asarray(run_batch(jax.random.fold_in(key, i), z)))
+  latents = np.concatenate(out)[:stop - start]
   if not np.all(np.isfinite(latents)):
-    raise FloatingPointError(f"sampler {method} produced non-finite latents.")
+    raise FloatingPointError(f"the sampler produced non-finite latents in rows {start}..{stop}.")
   return latents
 
 
+def draw_latents(config: ml_collections.ConfigDict, networks: TrainedNetworks, *, method: str,
+                 num_steps: int, num_samples: int, batch_size: int, key: jax.Array,
+                 initial: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
+  """[num_samples, *latent_shape] latents from the score network with `method` x `num_steps`, drawn
+  in batches of `batch_size` (one compiled sampler; batch i uses fold_in(key, i)), from the prior noise
+  `initial` [num_samples, *latent_shape] when given (else drawn from the batch's key)."""
+  run_batch = batch_sampler(config, networks, method=method, num_steps=num_steps, batch_size=batch_size)
+  return sample_rows(run_batch, key, batch_size, 0, num_samples, initial,
+                     progress=f"{method} x {num_steps}" if progress else None)
+
+
+@functools.partial(jax.jit, static_argnames="vae")
+def _decode_batch(params, z, *, vae):
+  return vae.apply(params, z, method=vae.decode)
+
+
 def decode(networks: TrainedNetworks, latents: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """Images in [-1, 1] (float32, the decoder's raw output clipped) of latents [N, h, w, C]."""
-  vae, params = networks.vae, networks.vae_params
-  decode_fn = jax.jit(lambda z: vae.apply(params, z, method=vae.decode))
-  images = np.concatenate([np.asarray(decode_fn(latents[i:i + batch_size]))
+  """Images in [-1, 1] (float32, the decoder's raw output clipped) of latents [N, h, w, C], decoded in
+  batches of `batch_size` (one compilation per VAE and batch shape for the process)."""
+  images = np.concatenate([np.asarray(_decode_batch(networks.vae_params, latents[i:i + batch_size],
+                                                    vae=networks.vae))
                            for i in range(0, len(latents), batch_size)])
   return np.clip(images, -1.0, 1.0)
 

@@ -195,9 +195,10 @@ def config_problems(config: ml_collections.ConfigDict, stages: Sequence[str],
     p.integers("sample", ["num_steps", "num_samples", "batch_size"])
   if "eval" in config:
     p.choice("eval.reference_split", pipeline.SPLITS)
-    p.integers("eval", ["num_samples", "batch_size", "num_reconstructions", "inception_batch_size",
-                        "sw2_projections", "profile_times", "profile_batch"])
-    p.integers("eval", ["num_reference"], minimum=0)  # 0: the whole split
+    p.integers("eval", ["batch_size", "num_reconstructions", "inception_batch_size", "sw2_projections",
+                        "sw2_floor_draws", "chunk_size", "profile_times", "profile_batch"])
+    p.integers("eval", ["num_samples"], minimum=2)  # a covariance needs two
+    p.integers("eval", ["num_reference", "bank_seed"], minimum=0)  # num_reference 0: the whole split
   if "exact_field" in config:
     _check_exact_field(p)
   return p.found

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 
 from cgdiff.metrics import fid, inception, inception_weights
 
@@ -91,6 +92,108 @@ def test_fid_of_a_set_against_itself_is_round_off(num):
   assert abs(fid.fid_from_features(features, features[::-1])) < tol  # the same set, summed in another order
 
 
+def _sqrtm_fid(stats1: fid.FeatureStats, stats2: fid.FeatureStats) -> float:
+  """TTUR's FID: tr sqrtm(C1 C2) by scipy.linalg.sqrtm of the non-symmetric product, real part."""
+  diff = stats1.mean - stats2.mean
+  covmean = scipy.linalg.sqrtm(stats1.cov @ stats2.cov).real
+  return float(diff @ diff + np.trace(stats1.cov) + np.trace(stats2.cov) - 2 * np.trace(covmean))
+
+
+def _features(rng: np.random.Generator, num: int, scales: np.ndarray) -> np.ndarray:
+  return rng.standard_normal((num, len(scales))) * scales + rng.standard_normal(len(scales))
+
+
+# n1, n2 with D = 64: both n > D (one factor, the eigvalsh branch, with and without a cached square root),
+# both n <= D (two feature factors: singular values), and one of each (a [20, 64] factor: a 20 x 20 eigvalsh).
+@pytest.mark.parametrize("n1, n2, cache_sqrt", [(500, 700, False), (500, 700, True), (20, 30, False),
+                                                 (64, 64, False), (20, 700, False), (700, 20, True)])
+def test_fid_matches_scipy_sqrtm_on_random_statistics(n1, n2, cache_sqrt):
+  """Against TTUR's sqrtm to 1e-6 relative (what FID needs). Both computations are backward stable:
+  for full-rank covariances (n > D, condition ~ (3 / 0.1)^2 ~ 1e3) each is within ~ D eps kappa ~ 1e-11
+  relative; for rank-deficient ones sqrtm is off by ~ sqrt(eps |C1 C2|) per zero eigenvalue (<= 64 of
+  them, ~ 1e-7 each against tr sqrt(C1 C2) ~ 10^2): below 1e-7 relative. 1e-6 leaves room."""
+  dim = 64
+  rng = np.random.default_rng(9)
+  stats1 = fid.FeatureStats.from_features(_features(rng, n1, np.linspace(0.1, 3.0, dim)))
+  stats2 = fid.FeatureStats.from_features(_features(rng, n2, np.linspace(3.0, 0.1, dim)))
+  assert (stats1.factor is not None) == (n1 <= dim) and (stats2.factor is not None) == (n2 <= dim)
+  if cache_sqrt:
+    stats1 = stats1.with_factor()
+  np.testing.assert_allclose(fid.fid_from_stats(stats1, stats2), _sqrtm_fid(stats1, stats2), rtol=1e-6)
+  np.testing.assert_allclose(fid.fid_from_stats(stats2, stats1), _sqrtm_fid(stats1, stats2), rtol=1e-6)
+
+
+def test_rank_deficient_statistics_keep_the_singular_value_accuracy():
+  """Commuting rank-deficient covariances C_i = Q diag(d_i) Q^T (d_i with zeros) have the closed form
+  d^2 = |m1 - m2|^2 + |sqrt d1 - sqrt d2|^2. With factors diag(sqrt d_i) Q^T restricted to the nonzero
+  d_i, the singular values of G1 G2^T carry eps |G1| |G2| each: LAPACK_FACTOR D eps |d| over D values.
+  Without factors the eigvalsh branch meets zero eigenvalues of s1 C2 s1 and is off by up to
+  sqrt(LAPACK_FACTOR D eps |C|^2) per zero eigenvalue: far looser, but within that bound."""
+  rng = np.random.default_rng(10)
+  dim = 32
+  q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+  d1, d2 = rng.uniform(0.5, 4.0, dim), rng.uniform(0.5, 4.0, dim)
+  d1[:12], d2[6:20] = 0.0, 0.0  # rank 20 and 18; their product has rank 14
+  m1, m2 = rng.standard_normal(dim), rng.standard_normal(dim)
+  expected = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(d1) - np.sqrt(d2)) ** 2)
+  factor = lambda d: (np.sqrt(d)[:, None] * q.T)[d > 0]  # [r, D], factor^T factor = Q diag(d) Q^T
+  c1, c2 = factor(d1).T @ factor(d1), factor(d2).T @ factor(d2)
+  with_factors = fid.frechet_distance(m1, c1, m2, c2, factor(d1), factor(d2))
+  assert abs(with_factors - expected) < LAPACK_FACTOR * dim * EPS * 4.0 * dim
+  zero_eigenvalues = dim - 14
+  loose = zero_eigenvalues * np.sqrt(LAPACK_FACTOR * dim * EPS * 16.0)
+  assert abs(fid.frechet_distance(m1, c1, m2, c2) - expected) < loose
+
+
+def test_feature_stats_carry_a_factor_of_their_covariance():
+  rng = np.random.default_rng(11)
+  few = fid.FeatureStats.from_features(rng.standard_normal((10, 16)))
+  assert few.factor.shape == (10, 16)
+  # F^T F sums 10 products of O(1) terms, as np.cov does: ~ 10 eps relative, 1e-12 leaves room.
+  np.testing.assert_allclose(few.factor.T @ few.factor, few.cov, rtol=1e-12, atol=1e-12)
+  assert few.with_factor() is few
+  many = fid.FeatureStats.from_features(rng.standard_normal((40, 16)))
+  assert many.factor is None
+  root = many.with_factor().factor
+  # psd_sqrt of a covariance with eigenvalues >= ~0.1: s s reproduces C to ~ D eps |C| / lambda_min.
+  np.testing.assert_allclose(root @ root, many.cov, rtol=0, atol=1e-11)
+  with pytest.raises(ValueError, match=r"factor1 must be \[r, 16\] with 1 <= r <= 16"):
+    fid.frechet_distance(many.mean, many.cov, many.mean, many.cov, factor1=np.zeros((17, 16)))
+  with pytest.raises(ValueError, match="cov2 is not positive semi-definite"):
+    fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([1.0, -0.5]))
+
+
+def _cached_real_statistics() -> list[str]:
+  directory = fid.default_stats_dir()
+  paths = sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                 if name.endswith(".npz")) if os.path.isdir(directory) else []
+  # Statistics of n <= REAL_DIM images restrict to REAL_DIM features only with their feature factor (kept
+  # since factors are cached; older files lack it).
+  keep = lambda s: s.mean.shape == (inception.FEATURE_DIM,) and (s.n > REAL_DIM or s.factor is not None)
+  return [p for p in paths if keep(fid.FeatureStats.load(p)[0])]
+
+
+REAL_DIM = 256  # the first 256 Inception features: real statistics at a size scipy's sqrtm takes in ~1 s
+
+
+@pytest.mark.skipif(len(_cached_real_statistics()) < 2, reason=(
+    f"fewer than two cached Inception statistics of real images in {fid.default_stats_dir()}; the eval "
+    "stage writes them (e.g. the quickstart eval with --config.eval.num_reference=64 and =512)"))
+def test_fid_matches_scipy_sqrtm_on_real_statistics():
+  """Two cached real-image statistics, restricted to their first REAL_DIM features, as from_features would
+  give them (a feature factor [n, REAL_DIM] when n <= REAL_DIM): tolerance as for the random case. A
+  stored feature factor restricts to its first columns; a square root [D, D] does not (its columns are
+  not a square root of the block)."""
+  stats = []
+  for path in _cached_real_statistics()[:2]:
+    s, _ = fid.FeatureStats.load(path)
+    factor = s.factor[:, :REAL_DIM] if s.n <= REAL_DIM else None  # n <= REAL_DIM < 2048: features
+    stats.append(fid.FeatureStats(s.mean[:REAL_DIM], s.cov[:REAL_DIM, :REAL_DIM], s.n, factor))
+  np.testing.assert_allclose(fid.fid_from_stats(*stats), _sqrtm_fid(*stats), rtol=1e-6)
+  np.testing.assert_allclose(fid.fid_from_stats(stats[0].with_factor(), stats[1]), _sqrtm_fid(*stats),
+                             rtol=1e-6)
+
+
 def test_streaming_statistics_equal_numpy_mean_and_cov():
   features = np.random.default_rng(4).standard_normal((103, 5)) * 10.0 + 50.0  # a large mean
   accumulator = fid.FeatureAccumulator(5)
@@ -124,12 +227,17 @@ def test_bad_inputs_are_errors():
     fid.fid_from_features(np.zeros((3, 2)), np.zeros((3, 4)))
 
 
-def test_reference_stats_are_cached_by_data_set_split_n_and_weights(tmp_path, monkeypatch):
-  """The caching logic, with the network replaced by a fixed feature map (no weights needed)."""
-  features = np.random.default_rng(5).standard_normal((6, 4))
+def _fixed_feature_map(monkeypatch, features: np.ndarray) -> dict:
+  """Replaces the network by a fixed feature map (no weights needed): inception_stats returns the
+  statistics of `features` whatever the images. Returns stand-in variables."""
   monkeypatch.setattr(fid, "inception_stats",
                       lambda variables, images, *args: fid.FeatureStats.from_features(features))
-  variables = {"params": {"w": np.ones(3, np.float32)}}
+  return {"params": {"w": np.ones(3, np.float32)}}
+
+
+def test_reference_stats_are_cached_by_data_set_split_n_and_weights(tmp_path, monkeypatch):
+  """The caching logic, with the network replaced by a fixed feature map."""
+  variables = _fixed_feature_map(monkeypatch, np.random.default_rng(5).standard_normal((6, 4)))
   images = np.zeros((6, 8, 8, 3), np.float32)
   first = fid.reference_stats("toy", "test", lambda: images, str(tmp_path), num_images=6, variables=variables)
 
@@ -144,6 +252,22 @@ def test_reference_stats_are_cached_by_data_set_split_n_and_weights(tmp_path, mo
   assert len(list(tmp_path.iterdir())) == 2
   with pytest.raises(ValueError, match="returned 6 images"):
     fid.reference_stats("toy", "train", lambda: images, str(tmp_path), num_images=5, variables=variables)
+
+
+def test_reference_stats_cache_their_factor(tmp_path, monkeypatch):
+  """n > D: the square root is computed once and stored with the statistics; a file written before
+  factors were cached gets it added on first use."""
+  variables = _fixed_feature_map(monkeypatch, np.random.default_rng(12).standard_normal((9, 4)))
+  images = np.zeros((9, 8, 8, 3), np.float32)
+  stats = fid.reference_stats("toy", "test", lambda: images, str(tmp_path), num_images=9, variables=variables)
+  (path,) = tmp_path.iterdir()
+  stored, metadata = fid.FeatureStats.load(str(path))
+  np.testing.assert_array_equal(stored.factor, fid.psd_sqrt(stats.cov))
+  fid.FeatureStats(stored.mean, stored.cov, stored.n).save(str(path), **metadata)  # an old file
+  assert fid.FeatureStats.load(str(path))[0].factor is None
+  upgraded = fid.reference_stats("toy", "test", None, str(tmp_path), num_images=9, variables=variables)
+  np.testing.assert_array_equal(upgraded.factor, stored.factor)
+  np.testing.assert_array_equal(fid.FeatureStats.load(str(path))[0].factor, stored.factor)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -70,13 +70,14 @@ def test_stage_metrics_are_logged(image_workdir):
 
 
 EVAL_FIELDS = ("date", "git_commit", "config_hash", "config", "training_step", "dataset", "score_source",
-               "sampler", "steps", "nfe", "num_samples", "reference", "sw2", "metrics", "wall_seconds",
-               "figures")
+               "sampler", "steps", "nfe", "num_samples", "networks", "banks", "sampling", "reference", "sw2",
+               "metrics", "stores", "wall_seconds", "chunks", "figures")
 
 
-def test_eval_stage_writes_a_complete_record_and_every_figure(image_workdir):
+def test_eval_stage_writes_a_complete_record_and_every_figure(image_workdir, tmp_path):
   config = tiny_images()
   config.ldm.target = "critic_gate_prior"
+  config.eval.bank_dir = str(tmp_path)  # not the user's cache
   run_lib.run_stages(config, image_workdir, ("eval",))
   record = json.load(open(os.path.join(image_workdir, "eval", "ldm_heun_pc_2_n8.json")))
   for field in EVAL_FIELDS:
@@ -85,7 +86,9 @@ def test_eval_stage_writes_a_complete_record_and_every_figure(image_workdir):
   assert record["reference"] == {"split": "test", "num_images": 8, "num_reconstructions": 4}
   metrics = record["metrics"]
   assert np.isfinite(metrics["sw2_squared"]) and metrics["sw2"] ** 2 == pytest.approx(metrics["sw2_squared"])
-  assert np.isfinite(metrics["sw2_squared_real_vs_real"])  # 32 training images hold 2 x 8
+  # 32 training images hold 4 disjoint sets of 8: the floor's mean and sd over 4 draws.
+  assert record["sw2"]["real_vs_real"]["draws"] == 4
+  assert np.isfinite(metrics["sw2_squared_real_vs_real_mean"]) and metrics["sw2_squared_real_vs_real_std"] > 0
   assert set(record["figures"]) == {"grid", "pca", "targets", "gate", "training_curves"}
   for path in record["figures"].values():
     assert os.path.getsize(path) > 1000, path

@@ -34,6 +34,21 @@ def test_the_bank_is_fixed_by_its_seed():
   np.testing.assert_allclose(np.linalg.norm(sw2.projection_bank(5, 7), axis=1), 1.0)
 
 
+def test_the_floor_is_the_spread_over_sets():
+  """sw2.floor: one SW2^2 per set against the reference, their mean and sample sd (ddof 1)."""
+  rng = np.random.default_rng(4)
+  reference = rng.standard_normal((200, 3))
+  sets = [rng.standard_normal((200, 3)) for _ in range(4)]
+  bank = sw2.projection_bank(3, 16)
+  floor = sw2.floor(sets, reference, bank)
+  values = [sw2.sliced_wasserstein2(x, reference, bank) for x in sets]
+  assert floor["values"] == values
+  assert floor["mean"] == np.mean(values) and floor["std"] == np.std(values, ddof=1)
+  assert sw2.floor(sets[:1], reference, bank)["std"] is None  # no spread from a single draw
+  with pytest.raises(ValueError, match="at least one set"):
+    sw2.floor([], reference, bank)
+
+
 def test_bad_inputs_are_errors():
   bank = sw2.projection_bank(2, 4)
   with pytest.raises(ValueError, match="same shape"):

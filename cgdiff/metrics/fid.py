@@ -1,23 +1,37 @@
 """Frechet Inception distance (MATH.md section 7), in float64 numpy on the host.
 
-    FeatureStats                 mean [D], covariance [D, D] (unbiased, as TTUR's np.cov) and count n
+    FeatureStats                 mean [D], covariance [D, D] (unbiased, as TTUR's np.cov), count n and a
+                                 factor [r, D] of the covariance (factor^T factor = cov)
     FeatureAccumulator           streaming mean / scatter over batches (Chan et al.'s pairwise merge)
     frechet_distance(mu1, cov1, mu2, cov2)
                                  |mu1 - mu2|^2 + tr cov1 + tr cov2 - 2 tr sqrt(cov1 cov2)
+    trace_sqrt_product(cov1, cov2, factor1, factor2)   tr sqrt(cov1 cov2), see below
     fid_from_features(f1, f2)    the distance between the statistics of two feature sets [N, D]
     reference_stats(name, split, images_fn, cache_dir, num_images=...)
-                                 TF-FID Inception statistics of real data, cached per data set / split /
-                                 N / weights / quantisation
+                                 TF-FID Inception statistics of real data (with their factor), cached
+                                 per data set / split / N / weights / quantisation
 
 tr sqrt(cov1 cov2) is computed without the square root of the non-symmetric product (TTUR's
-scipy.linalg.sqrtm, which can return complex parts and needs scipy): with s_i = cov_i^{1/2} (symmetric,
-by eigh, tiny negative eigenvalues of round-off clipped to 0), cov1 cov2 is similar to
-(s1 s2)(s1 s2)^T, so its eigenvalues are the squared singular values of s1 s2 and
-tr sqrt(cov1 cov2) = sum of the singular values of s1 s2 (= sum sqrt(eig(s1 cov2 s1))). Taking the
-singular values of s1 s2 rather than the square roots of the eigenvalues of s1 cov2 s1 keeps the
-absolute error at eps |s1| |s2| instead of sqrt(eps) |.| for the near-zero eigenvalues of rank-deficient
-covariances (N < D): FID(x, x) of 150 x 2048 features comes out at -2e-13, where sum sqrt(eig(.)) and
-scipy.linalg.sqrtm both give -7e-6.
+scipy.linalg.sqrtm, which can return complex parts, needs scipy and takes a minute at D = 2048). With
+any factors G_i [r_i, D] of the covariances, G_i^T G_i = cov_i, cov1 cov2 = G1^T (G1 G2^T) G2 has the
+nonzero eigenvalues of C C^T, C = G1 G2^T [r1, r2], so tr sqrt(cov1 cov2) = the sum of the singular
+values of C. Two factors are at hand (`FeatureStats.factor`): the centred features / sqrt(n - 1)
+[n, D] of n <= D vectors, and otherwise the symmetric square root cov^{1/2} (`psd_sqrt`, by eigh; cached
+with the reference statistics, so an evaluation pays for it once per reference set). Then:
+  both factors known:  the singular values of C = G1 G2^T [r1, r2], cheap unless both r = D (r1 r2 D
+                 flops and an r1 x r2 SVD) and accurate: absolute error eps |G1| |G2|, also for the zero
+                 singular values of rank-deficient covariances (FID(x, x) of 150 x 2048 features comes
+                 out at ~1e-13; sum sqrt(eig(.)) and scipy.linalg.sqrtm both give ~ -7e-6 there);
+  one factor G known (none: G = cov1^{1/2} by eigh):  sum sqrt(eigvalsh(M)), M = G cov' G^T [r, r] with
+                 cov' the other covariance. At r = D (the evaluation: cached reference square root,
+                 generated statistics of n > D samples) that is two products and an eigvalsh, several
+                 times faster than the singular values of s1 s2, which would also need s2 by another
+                 eigh (benchmarks/frechet.py has the timings). An eigenvalue lambda of M carries
+                 eigvalsh's absolute error delta ~ eps |M|, so sqrt(lambda) is off by
+                 min(delta / (2 sqrt(lambda)), sqrt(delta)): as accurate as the singular values when
+                 cov' is of n > D vectors (full rank), the case this branch is for; the sqrt(delta) term
+                 appears only for eigenvalues at round-off, which come from rank-deficient covariances,
+                 and those carry their feature factor into the first branch.
 """
 
 from __future__ import annotations
@@ -37,25 +51,42 @@ NEGATIVE_EIGENVALUE_TOLERANCE = 1e-9
 
 @dataclasses.dataclass(frozen=True)
 class FeatureStats:
-  """Mean [D] and unbiased covariance [D, D] (float64) of n >= 2 feature vectors."""
+  """Mean [D] and unbiased covariance [D, D] (float64) of n >= 2 feature vectors, and optionally a factor
+  [r, D] of the covariance (factor^T factor = cov): the centred features / sqrt(n - 1) when n <= D (set by
+  `from_features`), or the symmetric square root cov^{1/2} (`with_factor`). See the module docstring."""
   mean: np.ndarray
   cov: np.ndarray
   n: int
+  factor: np.ndarray | None = None
 
   @classmethod
   def from_features(cls, features: Any, chunk: int = 4096) -> FeatureStats:
-    """Statistics of `features` [N, D] (N >= 2, finite), accumulated in float64 chunks of `chunk` rows."""
+    """Statistics of `features` [N, D] (N >= 2, finite), accumulated in float64 chunks of `chunk` rows;
+    with N <= D (a rank-deficient covariance) the centred features / sqrt(N - 1) are kept as the factor."""
     features = _check_features("features", features)
     accumulator = FeatureAccumulator(features.shape[1])
     for start in range(0, len(features), chunk):
       accumulator.update(features[start:start + chunk])
-    return accumulator.stats()
+    stats = accumulator.stats()
+    if stats.n > features.shape[1]:
+      return stats
+    factor = (np.asarray(features, np.float64) - stats.mean) / np.sqrt(stats.n - 1)
+    return dataclasses.replace(stats, factor=factor)
+
+  def with_factor(self) -> FeatureStats:
+    """These statistics with a factor: the one they have, else the symmetric square root (one eigh)."""
+    if self.factor is not None:
+      return self
+    return dataclasses.replace(self, factor=psd_sqrt(self.cov))
 
   def save(self, path: str, **metadata: str) -> str:
-    """Writes mean, cov, n and string `metadata` to an .npz (atomically)."""
+    """Writes mean, cov, n, the factor (if any) and string `metadata` to an .npz (atomically)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.npz"
-    np.savez(tmp, mean=self.mean, cov=self.cov, n=self.n, **{f"meta_{k}": v for k, v in metadata.items()})
+    arrays = {"mean": self.mean, "cov": self.cov, "n": self.n}
+    if self.factor is not None:
+      arrays["factor"] = self.factor
+    np.savez(tmp, **arrays, **{f"meta_{k}": v for k, v in metadata.items()})
     os.replace(tmp, path)
     return path
 
@@ -63,7 +94,8 @@ class FeatureStats:
   def load(cls, path: str) -> tuple[FeatureStats, dict[str, str]]:
     """The statistics and metadata written by `save`."""
     with np.load(path) as f:
-      stats = cls(mean=f["mean"], cov=f["cov"], n=int(f["n"]))
+      stats = cls(mean=f["mean"], cov=f["cov"], n=int(f["n"]),
+                  factor=f["factor"] if "factor" in f.files else None)
       metadata = {k[len("meta_"):]: str(f[k]) for k in f.files if k.startswith("meta_")}
     return stats, metadata
 
@@ -132,12 +164,50 @@ def psd_sqrt(cov: np.ndarray, name: str = "cov") -> np.ndarray:
   return (vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ vectors.T
 
 
-def frechet_distance(mu1: Any, cov1: Any, mu2: Any, cov2: Any) -> float:
+def _check_factor(name: str, factor: Any, dim: int) -> np.ndarray | None:
+  if factor is None:
+    return None
+  factor = np.asarray(factor, np.float64)
+  if factor.ndim != 2 or factor.shape[1] != dim or not 1 <= factor.shape[0] <= dim:
+    raise ValueError(f"{name} must be [r, {dim}] with 1 <= r <= {dim}, got shape {factor.shape}.")
+  if not np.all(np.isfinite(factor)):
+    raise ValueError(f"{name} must be finite; got NaN or inf.")
+  return factor
+
+
+def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray, factor1: np.ndarray | None = None,
+                       factor2: np.ndarray | None = None) -> float:
+  """tr sqrt(cov1 cov2) of covariances [D, D] (float64), given factors [r_i, D] (factor_i^T factor_i =
+  cov_i) where known.
+
+  Both factors known: the sum of the singular values of factor1 factor2^T. Otherwise
+  sum sqrt(eigvalsh(G cov' G^T)) with G the known factor (cov1^{1/2} by eigh when none is known) and cov'
+  the other covariance. The module docstring gives the cost and error of each.
+  """
+  if factor1 is not None and factor2 is not None:
+    return float(np.sum(np.linalg.svd(factor1 @ factor2.T, compute_uv=False)))
+  names = ("cov1", "cov2")
+  if factor1 is None and factor2 is not None:  # tr sqrt(cov1 cov2) = tr sqrt(cov2 cov1)
+    factor1, cov1, cov2, names = factor2, cov2, cov1, names[::-1]
+  if factor1 is None:
+    factor1 = psd_sqrt(cov1, names[0])
+  product = factor1 @ cov2 @ factor1.T
+  eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)  # exactly symmetric: eigvalsh reads one triangle
+  scale = max(float(np.max(np.abs(eigenvalues))), np.finfo(np.float64).tiny)
+  if eigenvalues[0] < -NEGATIVE_EIGENVALUE_TOLERANCE * scale:
+    raise ValueError(f"{names[1]} is not positive semi-definite: G {names[1]} G^T (G a factor of {names[0]}) "
+                     f"has the eigenvalue {eigenvalues[0]:.3g} against a largest |eigenvalue| of {scale:.3g}.")
+  return float(np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None))))
+
+
+def frechet_distance(mu1: Any, cov1: Any, mu2: Any, cov2: Any, factor1: Any = None,
+                     factor2: Any = None) -> float:
   """Frechet distance between N(mu1, cov1) and N(mu2, cov2), float64.
 
-  mu1, mu2: [D]; cov1, cov2: [D, D] symmetric positive semi-definite.
-  d^2 = |mu1 - mu2|^2 + tr cov1 + tr cov2 - 2 tr sqrt(cov1 cov2), with tr sqrt(cov1 cov2) the sum of the
-  singular values of cov1^{1/2} cov2^{1/2} (see the module docstring). Returns d^2 (what FID reports).
+  mu1, mu2: [D]; cov1, cov2: [D, D] symmetric positive semi-definite; factor1, factor2: optional [r_i, D]
+  factors of the covariances (factor_i^T factor_i = cov_i; `FeatureStats.factor`), which spare the eigh of
+  a square root. d^2 = |mu1 - mu2|^2 + tr cov1 + tr cov2 - 2 tr sqrt(cov1 cov2) (`trace_sqrt_product`).
+  Returns d^2 (what FID reports).
   """
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
@@ -150,17 +220,18 @@ def frechet_distance(mu1: Any, cov1: Any, mu2: Any, cov2: Any) -> float:
   for name, value in (("mu1", mu1), ("cov1", cov1), ("mu2", mu2), ("cov2", cov2)):
     if not np.all(np.isfinite(value)):
       raise ValueError(f"{name} must be finite; got NaN or inf.")
-  singular_values = np.linalg.svd(psd_sqrt(cov1, "cov1") @ psd_sqrt(cov2, "cov2"), compute_uv=False)
+  factor1, factor2 = _check_factor("factor1", factor1, dim), _check_factor("factor2", factor2, dim)
   diff = mu1 - mu2
-  value = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.sum(singular_values)
+  value = (diff @ diff + np.trace(cov1) + np.trace(cov2)
+           - 2.0 * trace_sqrt_product(cov1, cov2, factor1, factor2))
   if not np.isfinite(value):
     raise ValueError(f"the Frechet distance came out non-finite ({value}).")
   return float(value)
 
 
 def fid_from_stats(stats1: FeatureStats, stats2: FeatureStats) -> float:
-  """frechet_distance of two FeatureStats."""
-  return frechet_distance(stats1.mean, stats1.cov, stats2.mean, stats2.cov)
+  """frechet_distance of two FeatureStats (with their factors)."""
+  return frechet_distance(stats1.mean, stats1.cov, stats2.mean, stats2.cov, stats1.factor, stats2.factor)
 
 
 def fid_from_features(features1: Any, features2: Any) -> float:
@@ -186,7 +257,8 @@ def default_stats_dir() -> str:
 def reference_stats(name: str, split: str, images_fn: Callable[[], Any], cache_dir: str | None = None, *,
                     num_images: int, variables: Any = None, batch_size: int = 50, quantize: bool = True,
                     progress: inception.Progress = None) -> FeatureStats:
-  """Inception statistics of `num_images` real images of data set `name`, `split`, computed once, cached.
+  """Inception statistics of `num_images` real images of data set `name`, `split`, computed once, cached
+  with their factor (the square root cov^{1/2} for n > D), so that each FID against them skips that eigh.
 
   The cache file `<cache_dir>/<name>_<split>_n<num_images>_<weights hash[:12]>[_float].npz` (cache_dir
   default: `default_stats_dir()`) is keyed by the data set, split, N, the weights (`params_hash`) and the
@@ -207,10 +279,13 @@ def reference_stats(name: str, split: str, images_fn: Callable[[], Any], cache_d
     if stored != metadata or stats.n != n:
       raise ValueError(f"{path} holds statistics of {stored} (n={stats.n}), not of {metadata} (n={n}); "
                        "delete it to recompute.")
+    if stats.factor is None:  # written before factors were cached: add it once
+      stats = stats.with_factor()
+      stats.save(path, **metadata)
     return stats
   images = images_fn()
   if np.shape(images)[0] != n:
     raise ValueError(f"images_fn() returned {np.shape(images)[0]} images for {name}/{split}, expected {n}.")
-  stats = inception_stats(variables, images, batch_size, quantize, progress)
+  stats = inception_stats(variables, images, batch_size, quantize, progress).with_factor()
   stats.save(path, **metadata)
   return stats
