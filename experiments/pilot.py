@@ -112,7 +112,8 @@ def eval_seconds(eval_timing: dict, num_samples: int, num_images: int) -> float:
   once, the reference), scaled from the timed eval: sampling and decoding by samples, Inception by images,
   the rest (encoding, figures) as timed."""
   wall, n = eval_timing["wall_seconds"], eval_timing["num_samples"]
-  inception = sum(wall.get(k, 0.0) for k in ("fid", "recon_fid", "reference_statistics"))
+  # Inception features of n samples, n reconstructions and the n reference images.
+  inception = sum(wall.get(k, 0.0) for k in ("fid_features", "recon_fid_features", "reference_statistics"))
   per_image = inception / (3 * n)
   rest = wall["total"] - inception - wall.get("sampling", 0.0)
   return wall.get("sampling", 0.0) * num_samples / n + per_image * num_images + rest

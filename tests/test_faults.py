@@ -133,8 +133,9 @@ CHOICES = [
     ("eval.reference_split", "val", lambda: pipeline.SPLITS),
 ]
 # Counts that must be integers >= 1 (>= 0 where the second entry says so).
-COUNTS = [("sample.num_steps", 1), ("sample.num_samples", 1), ("sample.batch_size", 1), ("eval.num_samples", 1),
-          ("eval.batch_size", 1), ("eval.num_reconstructions", 1), ("eval.num_reference", 0), ("seed", 0)]
+COUNTS = [("sample.num_steps", 1), ("sample.num_samples", 1), ("sample.batch_size", 1), ("eval.num_samples", 2),
+          ("eval.batch_size", 1), ("eval.num_reconstructions", 1), ("eval.num_reference", 0),
+          ("eval.sw2_floor_draws", 1), ("eval.chunk_size", 1), ("eval.bank_seed", 0), ("seed", 0)]
 COUNTS += [(f"{group}.training.{key}", 1) for group in ("vae", "ldm", "cotrain")
            for key in ("num_steps", "batch_size", "log_every", "checkpoint_every")]
 
