@@ -11,8 +11,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgdiff import records
-from cgdiff.train import devices
-from experiments import evaluation, exact_field, sampling, training
+from cgdiff.train import checkpoint, devices
+from experiments import common, evaluation, exact_field, sampling, training
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -30,6 +30,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # The stages that train with cgdiff.train.loop (pmapped over the devices), by their config group.
 TRAINING_STAGES = ("vae", "ldm", "cotrain")
+# Errors a user meets in normal use, whose message says what is wrong and how to go on: printed as that
+# paragraph, without a traceback (which would bury it). Other errors keep their traceback.
+USER_ERRORS = (checkpoint.CheckpointError, common.ConfigDriftError)
 
 STAGES = {
     "exact_field": exact_field.run,
@@ -55,6 +58,15 @@ def run_stages(config, workdir: str, stages: tuple[str, ...] | None = None) -> N
     STAGES[stage](config, workdir)
 
 
+def run_or_explain(config, workdir: str, stages: tuple[str, ...] | None = None) -> None:
+  """run_stages, with USER_ERRORS turned into SystemExit("error: <the error's paragraph>"): Python
+  prints it to stderr, without a traceback, and exits with status 1."""
+  try:
+    run_stages(config, workdir, stages)
+  except USER_ERRORS as error:
+    raise SystemExit(f"error: {error}") from None
+
+
 def training_batch_sizes(config, stages: tuple[str, ...] | None = None) -> list[int]:
   """The global batch sizes of the training stages among `stages` (default: config.stages)."""
   stages = tuple(config.stages if stages is None else stages)
@@ -74,6 +86,7 @@ def main(argv):
   if FLAGS.distributed:
     # Multi-host runs keep JAX's CPU device count: a host's share of the batch is known only after this.
     import jax  # pylint: disable=g-import-not-at-top
+    devices.set_collective_timeouts()  # before the backends start, as set_cpu_devices does
     jax.distributed.initialize()
     logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count())
@@ -82,7 +95,7 @@ def main(argv):
     requested = devices.resolve_cpu_devices(FLAGS.cpu_devices, training_batch_sizes(FLAGS.config, FLAGS.stages))
     count = devices.set_cpu_devices(requested)  # XLA_FLAGS' count, where set, instead
     logging.info("%d CPU device(s) (--cpu_devices=%s)", count, FLAGS.cpu_devices)
-  run_stages(FLAGS.config, FLAGS.workdir, FLAGS.stages)
+  run_or_explain(FLAGS.config, FLAGS.workdir, FLAGS.stages)
 
 
 if __name__ == "__main__":
