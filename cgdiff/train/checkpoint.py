@@ -17,10 +17,14 @@ newer ones are damaged): a checkpoint is deleted only when `keep` newer ones are
 must be saved again (after a fallback to an older checkpoint) moves the damaged one to
 <directory>/set_aside/, so nothing is deleted unread.
 
-Checkpoints written by cgdiff before checkpoints were verified have no manifest; all of them are
-skipped, and the error says how to vouch for them: `python -m cgdiff.train.checkpoint --trust DIR`
-writes manifests of their files as they are now (marked "trusted"; with no array checksums, so a
-shape change shows as Orbax's error of that restore).
+A step without a manifest is one of two things, told apart by MARKER, a file that the first save in a
+directory writes there: in a marked directory, a save that did not finish (the run was killed between
+Orbax's save and the manifest): not a checkpoint, skipped with a warning, and when nothing else is
+there the run starts from scratch, as if that save had never begun. In an unmarked directory, a
+checkpoint written by cgdiff before checkpoints were verified: unverified; when no intact checkpoint
+is left the error says how to vouch for them: `python -m cgdiff.train.checkpoint --trust DIR` writes
+manifests of their files as they are now (marked "trusted"; with no array checksums, so a shape change
+shows as Orbax's error of that restore) and marks the directory.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from absl import logging
 from cgdiff.train.state import TrainState
 
 MANIFEST = "cgdiff_checksums.json"
+MARKER = "cgdiff_checksummed"
 SET_ASIDE = "set_aside"
 _VERSION = 1
 _CHUNK = 1 << 20
@@ -95,6 +100,11 @@ def step_files(step_dir: str) -> dict[str, dict[str, Any]]:
   return dict(sorted(files.items()))
 
 
+def _touch(path: str) -> None:
+  with open(path, "a"):
+    pass
+
+
 def _digest(body: dict[str, Any]) -> str:
   return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -109,6 +119,10 @@ def write_manifest(step_dir: str, arrays: list[ArrayRecord] | None, *, trusted: 
     f.flush()
     os.fsync(f.fileno())
   os.replace(path + ".tmp", path)
+
+
+def has_manifest(step_dir: str) -> bool:
+  return os.path.exists(os.path.join(step_dir, MANIFEST))
 
 
 def read_manifest(step_dir: str) -> dict[str, Any]:
@@ -144,7 +158,8 @@ def file_problem(step_dir: str) -> str | None:
     if not os.path.isfile(path):
       return f"{relative} is missing"
     if os.path.getsize(path) != expected["size"]:
-      return f"{relative} has {os.path.getsize(path)} bytes, {expected['size']} when saved (truncated or overwritten)"
+      return (f"{relative} has {os.path.getsize(path)} bytes, {expected['size']} when saved (truncated or "
+              f"overwritten)")
     try:
       if file_sha256(path) != expected["sha256"]:
         return f"checksum mismatch in {relative}"
@@ -229,6 +244,21 @@ class Checkpointer:
   def latest_intact_step(self) -> int | None:
     return latest_intact_step(self.directory)
 
+  def _has_manifest(self, step: int) -> bool:
+    return has_manifest(self.step_dir(step))
+
+  def unfinished_steps(self) -> list[int]:
+    """The steps of saves that did not finish: without a manifest, in a directory whose every save
+    writes one (MARKER). They are not checkpoints."""
+    if not os.path.exists(os.path.join(self.directory, MARKER)):
+      return []
+    return [s for s in self.all_steps() if not self._has_manifest(s)]
+
+  def restorable_steps(self) -> list[int]:
+    """The checkpoint steps restore tries, intact or not (all but the unfinished saves), oldest first."""
+    unfinished = set(self.unfinished_steps())
+    return [s for s in self.all_steps() if s not in unfinished]
+
   def save(self, state: TrainState, *, force: bool = False) -> bool:
     """Saves `state` at its step when the step is a multiple of save_every (or force), waits for the
     save, writes its manifest, then applies retention; True when saved."""
@@ -237,6 +267,9 @@ class Checkpointer:
       return False
     if step in self.all_steps():
       self._set_aside(step)
+    marker = os.path.join(self.directory, MARKER)
+    if not os.path.exists(marker) and all(map(self._has_manifest, self.all_steps())):
+      _touch(marker)  # from now on, a step without a manifest is an unfinished save
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
     self._manager.wait_until_finished()
     if jax.process_index() == 0:
@@ -264,14 +297,28 @@ class Checkpointer:
     os.replace(self.step_dir(step), target)
     self._manager.reload()
 
+  def resume(self, like: TrainState) -> TrainState:
+    """The state a run goes on from: restore(like), or `like` itself when there is no checkpoint (none
+    at all, or only unfinished saves)."""
+    if self.restorable_steps():
+      return self.restore(like)
+    self._warn_unfinished("there is no checkpoint: training starts from scratch")
+    return like
+
+  def _warn_unfinished(self, consequence: str) -> None:
+    for unfinished in self.unfinished_steps():
+      logging.warning("step %d in %s is skipped: its save did not finish (no %s: the run was killed while "
+                      "saving); %s.", unfinished, self.directory, MANIFEST, consequence)
+
   def restore(self, like: TrainState, step: int | None = None) -> TrainState:
     """The state of the newest intact checkpoint (or of `step` only), with the structure and dtypes of
-    `like`; each newer checkpoint that is not intact is skipped with a warning.
+    `like`; each newer checkpoint that is not intact, and each unfinished save, is skipped with a warning.
 
     Raises:
       CheckpointError: no checkpoint intact (or `step` not), or one whose arrays are not `like`'s.
     """
-    candidates = list(reversed(self.all_steps())) if step is None else [step]
+    self._warn_unfinished("older checkpoints are tried")
+    candidates = list(reversed(self.restorable_steps())) if step is None else [step]
     problems = {}
     for candidate in candidates:
       problem = file_problem(self.step_dir(candidate))
@@ -282,7 +329,7 @@ class Checkpointer:
           return state
       logging.warning("checkpoint step %d in %s is skipped: %s.", candidate, self.directory, problem)
       problems[candidate] = problem
-    unverified = all(not os.path.exists(os.path.join(self.step_dir(s), MANIFEST)) for s in problems)
+    unverified = not any(map(self._has_manifest, problems))
     raise CheckpointError(no_intact_message(self.directory, problems, unverified=unverified))
 
   def _read_verified(self, step: int, like: TrainState,
@@ -351,10 +398,10 @@ def trust(directory: str) -> list[int]:
   those steps. For checkpoints written before cgdiff verified them, by a user who vouches for them."""
   checkpointer = Checkpointer(directory, keep=None)
   try:
-    steps = [s for s in checkpointer.all_steps()
-             if not os.path.exists(os.path.join(checkpointer.step_dir(s), MANIFEST))]
+    steps = [s for s in checkpointer.all_steps() if not has_manifest(checkpointer.step_dir(s))]
     for step in steps:
       write_manifest(checkpointer.step_dir(step), None, trusted=True)
+    _touch(os.path.join(checkpointer.directory, MARKER))
   finally:
     checkpointer.close()
   return steps

@@ -97,10 +97,10 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
   state = create_state(params, tx)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=loop.keep_checkpoints,
                                  save_every=loop.checkpoint_every)
-  if ckpt.all_steps():
-    state = ckpt.restore(state)
-    logging.info("resumed %s from step %d", workdir, int(state.step))
+  state = ckpt.resume(state)
   start = int(state.step)
+  if start:
+    logging.info("resumed %s from step %d", workdir, start)
   if start >= loop.num_steps:
     ckpt.close()
     return state
