@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cgdiff.train import TrainLoopConfig, checkpoint, create_state, make_optimizer, train
+from cgdiff.train import TrainLoopConfig, checkpoint, create_state, make_optimizer, train, writers
 from configs import toy
 from experiments import common
 from experiments import run as run_lib
@@ -199,6 +199,21 @@ def test_kill_9_at_random_steps_then_resume_is_bit_identical_and_loses_no_metric
     finish(process)
   for name in "ab":
     assert_same_run(tmp_path / name, tmp_path / "reference")
+
+
+def test_a_resumed_run_keeps_the_metrics_logged_up_to_its_checkpoint_only(tmp_path):
+  """Records after the resume step, and a line a kill cut short, are dropped (the resumed run logs
+  those steps again); the rest is kept as it was."""
+  lines = ['{"step": 1, "loss": 0.5}\n', '{"step": 2, "loss": 0.25}\n', '{"step": 3, "loss": 0.125}\n',
+           '{"step": 4, "lo']
+  assert writers.lines_through(lines, 2) == lines[:2]
+  assert writers.lines_through(lines, 3) == lines[:3]
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(lines))
+  writer = writers.JsonlWriter(str(path), resume_step=2)
+  writer.write_scalars(3, {"loss": 0.125})
+  writer.close()
+  assert path.read_text() == "".join(lines[:3])
 
 
 @pytest.mark.slow
@@ -422,6 +437,8 @@ def test_retention_never_deletes_the_last_intact_checkpoint(tmp_path):
   with pytest.raises(checkpoint.CheckpointError):
     ckpt.restore(state_at(0))
   ckpt.close()
+  with pytest.raises(ValueError, match="keep must be >= 1"):
+    checkpoint.Checkpointer(directory, keep=0)
   assert checkpoint.steps_to_delete([1, 2, 3, 4], intact={1}, keep=1) == []
   assert checkpoint.steps_to_delete([1, 2, 3, 4], intact={1, 3}, keep=1) == [1, 2]
   assert checkpoint.steps_to_delete([1, 2, 3, 4], intact={2, 4}, keep=2) == [1]

@@ -223,6 +223,10 @@ class Checkpointer:
   """Verified TrainState checkpoints by step in `directory` (an Orbax CheckpointManager underneath)."""
 
   def __init__(self, directory: str, *, keep: int | None = 3, save_every: int = 1000):
+    """keep: how many intact checkpoints retention keeps (None: all); save_every: the save interval."""
+    if (keep is not None and keep < 1) or save_every < 1:
+      raise ValueError(f"keep must be >= 1 (or None: keep all) and save_every >= 1, got {keep} and "
+                       f"{save_every}.")
     self.directory = os.path.abspath(directory)
     self.keep, self.save_every = keep, save_every
     # max_to_keep=None: retention is ours (steps_to_delete), so that it counts only intact checkpoints.
@@ -275,7 +279,12 @@ class Checkpointer:
     if jax.process_index() == 0:
       write_manifest(self.step_dir(step), array_records(state))
       steps = self.all_steps()
-      intact = {s for s in steps if file_problem(self.step_dir(s)) is None}
+      intact = set()  # the newest intact steps, as many as retention keeps (checked newest first)
+      for candidate in reversed(steps if self.keep is not None else []):
+        if len(intact) == self.keep:
+          break
+        if file_problem(self.step_dir(candidate)) is None:
+          intact.add(candidate)
       doomed = steps_to_delete(steps, intact, self.keep)
       for old in doomed:
         shutil.rmtree(self.step_dir(old))

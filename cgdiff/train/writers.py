@@ -91,7 +91,9 @@ class TensorBoardWriter:
     from tensorboardX.proto import event_pb2
     self._event, self._summary = event_pb2, summary
     os.makedirs(logdir, exist_ok=True)
-    self._events = event_file_writer.EventsWriter(os.path.join(logdir, "events"))
+    # The file is named by the second it was opened in: the process id keeps a run resumed within that
+    # second from overwriting the killed run's file.
+    self._events = event_file_writer.EventsWriter(os.path.join(logdir, "events"), f".{os.getpid()}")
     if purge_step is not None:
       self._events.write_event(event_pb2.Event(
           wall_time=time.time(), step=purge_step,
