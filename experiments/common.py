@@ -1,12 +1,15 @@
-"""What the stages share: data, networks and their parameters, posterior data sets, batching.
+"""What the stages share: data, networks and their parameters, posterior data sets, batching, and
+what a trained stage's checkpoints depend on.
 
-Workdir layout: <workdir>/<stage>/ holds a stage's checkpoints/, metrics.jsonl and TensorBoard
-events (vae/, ldm/, cotrain/), stats/ the latent statistics, samples/ the samples and their records.
+Workdir layout: <workdir>/<stage>/ holds a stage's checkpoints/, config.json (the settings it was
+trained with), metrics.jsonl and TensorBoard events (vae/, ldm/, cotrain/), stats/ the latent
+statistics, samples/ the samples and their records.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Any, Callable
 
@@ -16,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cgdiff import schedules
+from cgdiff import records, schedules
 from cgdiff.data import pipeline, toy2d
 from cgdiff.models import build
 from cgdiff.train import TrainLoopConfig, create_state, make_optimizer
@@ -102,23 +105,30 @@ def init_ldm(config: ml_collections.ConfigDict, latent_shape, *, abstract: bool 
   return score_net, gate, params
 
 
+def checkpoint_dir(config: ml_collections.ConfigDict, workdir: str, stage: str) -> str:
+  return os.path.join(stage_dir(config, workdir, stage), "checkpoints")
+
+
 def latest_step(config: ml_collections.ConfigDict, workdir: str, stage: str) -> int:
-  """The step of the latest checkpoint of `stage` (what a later stage restores)."""
-  ckpt_dir = os.path.join(stage_dir(config, workdir, stage), "checkpoints")
-  steps = [int(name) for name in os.listdir(ckpt_dir) if name.isdigit()] if os.path.isdir(ckpt_dir) else []
-  if not steps:
-    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}: run the `{stage}` stage first.")
-  return max(steps)
+  """The step of the newest intact checkpoint of `stage` (what a later stage restores)."""
+  step = checkpoint.latest_intact_step(checkpoint_dir(config, workdir, stage))
+  if step is None:
+    raise FileNotFoundError(f"no intact checkpoint in {checkpoint_dir(config, workdir, stage)}: run the "
+                            f"`{stage}` stage first.")
+  return step
 
 
-def restore_ema_params(params: Any, training: ml_collections.ConfigDict, directory: str) -> Any:
-  """The EMA parameters of the finished run in `directory` (its latest checkpoint); `params` (concrete
-  or abstract) gives their structure."""
+def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, stage: str, params: Any) -> Any:
+  """The EMA parameters of the trained `stage` in `workdir` (its newest intact checkpoint), once its
+  stored settings are checked against `config`'s (check_stage_settings); `params` (concrete or
+  abstract) gives their structure."""
+  training = config[stage].training
   tx = make_optimizer(training, training.num_steps)
   like = jax.eval_shape(lambda p: create_state(p, tx), params)
-  ckpt_dir = os.path.join(directory, "checkpoints")
+  ckpt_dir = checkpoint_dir(config, workdir, stage)
   if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}: run the stage that trains it first.")
+    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}: run the `{stage}` stage first.")
+  check_stage_settings(config, workdir, stage, training=False)
   return checkpoint.restore_params(ckpt_dir, like, ema=True)
 
 
@@ -126,8 +136,7 @@ def trained_cotrain(config: ml_collections.ConfigDict, workdir: str, image_shape
   """(VAE module, score network, {"vae": ..., "score": ...}) of the finished `cotrain` stage."""
   vae, vae_params = init_vae(config, None, image_shape, abstract=True)
   score_net, score_params = init_score_net(config, None, latent_shape_of(vae, image_shape), abstract=True)
-  params = restore_ema_params({"vae": vae_params, "score": score_params}, config.cotrain.training,
-                              stage_dir(config, workdir, "cotrain"))
+  params = restore_ema_params(config, workdir, "cotrain", {"vae": vae_params, "score": score_params})
   return vae, score_net, params
 
 
@@ -135,7 +144,7 @@ def trained_vae(config: ml_collections.ConfigDict, workdir: str, source: str, im
   """(module, params) of the VAE trained by stage `source` ('vae' or 'cotrain')."""
   if source == "vae":
     module, params = init_vae(config, None, image_shape, abstract=True)
-    return module, restore_ema_params(params, config.vae.training, stage_dir(config, workdir, "vae"))
+    return module, restore_ema_params(config, workdir, "vae", params)
   if source == "cotrain":
     module, _, params = trained_cotrain(config, workdir, image_shape)
     return module, params["vae"]
@@ -196,3 +205,134 @@ def posterior_dataset(config: ml_collections.ConfigDict, workdir: str, vae_sourc
     idx = rng.choice(means.shape[0], config.data.num_points, p=np.exp(log_weights))
     return means[idx].astype(np.float32), logvars[idx].astype(np.float32)
   return encoded_training_set(config, workdir, vae_source)
+
+
+# What a trained stage's checkpoints depend on. Rerunning a workdir with a changed setting used to reuse
+# the old model silently (and later records named the new settings): each training stage now stores
+# its settings in <workdir>/<stage>/config.json when it starts, and refuses to resume under other
+# settings, as does every later stage that restores it (stats, ldm on a VAE, sample, eval).
+
+# The config groups whose settings a training stage's checkpoints depend on, besides those of the
+# trained stages it reads (upstream_stages).
+STAGE_GROUPS = {
+    "vae": ("seed", "data", "vae"),
+    "ldm": ("seed", "data", "schedule", "score_net", "gate", "ldm"),
+    "cotrain": ("seed", "data", "schedule", "vae", "score_net", "cotrain"),
+}
+# Settings in those groups that change how a run is logged or kept, or where data is read from, not
+# what it trains: they may change between runs.
+EXEMPT_TRAINING_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "tensorboard")
+EXEMPT_KEYS = ("data.data_dir", "data.kwargs.download")
+STAGE_SETTINGS = "config.json"
+
+
+class ConfigDriftError(ValueError):
+  """A workdir's trained stage was made with other settings than the current config's."""
+
+
+def upstream_stages(config: ml_collections.ConfigDict, stage: str) -> tuple[str, ...]:
+  """The trained stages whose results `stage` trains on: the frozen VAE of an image `ldm` (and the VAE
+  that the latent statistics of `critic_gate_prior` come from)."""
+  if stage != "ldm" or config.data.name == TOY:
+    return ()
+  sources = [config.ldm.vae_source]
+  if config.ldm.target == "critic_gate_prior":
+    sources.append(config.stats.vae_source)
+  return tuple(dict.fromkeys(sources))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def stage_settings(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
+  """{"group.key...": value} of every setting `stage`'s checkpoints depend on (JSON values: tuples
+  are lists), those of its upstream stages included, the exempt ones left out."""
+  groups = set(STAGE_GROUPS[stage]).union(*(STAGE_GROUPS[s] for s in upstream_stages(config, stage)))
+  if stage == "ldm" and config.ldm.target == "critic_gate_prior":
+    groups.add("stats")
+  flat = _flatten(config.to_dict())
+  kept = {key: value for key, value in sorted(flat.items())
+          if key.split(".")[0] in groups and key not in EXEMPT_KEYS
+          and not (".training." in key and key.rsplit(".", 1)[1] in EXEMPT_TRAINING_KEYS)}
+  return json.loads(json.dumps(kept, default=str))
+
+
+def settings_drift(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """{key: (stored value, current value)} of every key whose values differ (missing: None)."""
+  return {key: (stored.get(key), current.get(key)) for key in sorted(set(stored) | set(current))
+          if stored.get(key) != current.get(key)}
+
+
+def is_continuation(config: ml_collections.ConfigDict, stage: str,
+                    drift: dict[str, tuple[Any, Any]]) -> bool:
+  """True when the only change is a larger num_steps of `stage` under a constant learning rate: the
+  run continued from its checkpoint equals one trained for the new num_steps from the start (batches
+  and keys depend on the step only). A 'cosine' schedule decays to 0 at num_steps: not so."""
+  key = f"{stage}.training.num_steps"
+  if set(drift) != {key} or config[stage].training.lr_schedule != "constant":
+    return False
+  old, new = drift[key]
+  return isinstance(old, int) and new > old
+
+
+def _has_checkpoints(config: ml_collections.ConfigDict, workdir: str, stage: str) -> bool:
+  return bool(checkpoint.checkpoint_steps(checkpoint_dir(config, workdir, stage)))
+
+
+def check_stage_settings(config: ml_collections.ConfigDict, workdir: str, stage: str, *,
+                         training: bool) -> None:
+  """Compares the settings stored with `stage`'s checkpoints with `config`'s (stage_settings).
+
+  training: the stage is about to train (resume); it may also continue to a larger num_steps
+  (is_continuation). Otherwise a later stage is about to use its checkpoints.
+
+  Raises:
+    ConfigDriftError: the stage has checkpoints made under other settings; the message names the keys
+      (stored -> current) and how to go on.
+  """
+  path = os.path.join(stage_dir(config, workdir, stage), STAGE_SETTINGS)
+  if not _has_checkpoints(config, workdir, stage):
+    return
+  if not os.path.exists(path):
+    logging.warning("%s has checkpoints but no %s (made before cgdiff stored a stage's settings): "
+                    "they cannot be checked against the current config%s.", stage_dir(config, workdir, stage),
+                    STAGE_SETTINGS, "; the current settings are stored as theirs" if training else "")
+    return
+  with open(path) as f:
+    drift = settings_drift(json.load(f), stage_settings(config, stage))
+  if not drift or (training and is_continuation(config, stage, drift)):
+    return
+  raise ConfigDriftError(drift_message(config, workdir, stage, drift, training=training))
+
+
+def drift_message(config: ml_collections.ConfigDict, workdir: str, stage: str,
+                  drift: dict[str, tuple[Any, Any]], *, training: bool) -> str:
+  """ConfigDriftError's paragraph: what differs, why that is refused, how to go on."""
+  changes = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in drift.items())
+  directory = stage_dir(config, workdir, stage)
+  text = (f"the `{stage}` stage in {directory} was trained with other settings than the current "
+          f"config's: {changes} (stored -> current). Its checkpoints would be used as if the current "
+          f"settings had made them")
+  if not training:
+    text += " (and records would name the current settings)"
+  steps_key = f"{stage}.training.num_steps"
+  if steps_key in drift:
+    text += (f". {steps_key} may only grow, and only with lr_schedule 'constant' (the run then continues "
+             f"to the new num_steps); with 'cosine' the learning rate decays to 0 at num_steps, so a run "
+             f"continued to another num_steps is not the run trained for it")
+    if not training and is_continuation(config, stage, drift):
+      text += f"; run the `{stage}` stage first to continue it"
+  return (f"{text}. To train with the current settings use a new --workdir; to use this workdir, run "
+          f"with the stored settings ({os.path.join(directory, STAGE_SETTINGS)}).")
+
+
+def record_stage_settings(config: ml_collections.ConfigDict, workdir: str, stage: str) -> None:
+  """Stores `stage`'s settings (stage_settings) in its directory, for check_stage_settings."""
+  records.write_json(os.path.join(stage_dir(config, workdir, stage), STAGE_SETTINGS), stage_settings(config, stage))

@@ -14,8 +14,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgdiff import records
-from cgdiff.train import devices
-from experiments import evaluation, exact_field, sampling, training, validation
+from cgdiff.train import checkpoint, devices
+from experiments import common, evaluation, exact_field, sampling, training, validation
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -33,6 +33,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # The stages that train with cgdiff.train.loop (pmapped over the devices), by their config group.
 TRAINING_STAGES = ("vae", "ldm", "cotrain")
+# Errors a user meets in normal use, whose message says what is wrong and how to go on: printed as that
+# paragraph, without a traceback (which would bury it). Other errors keep their traceback.
+USER_ERRORS = (checkpoint.CheckpointError, common.ConfigDriftError)
 
 STAGES = {
     "exact_field": exact_field.run,
@@ -99,6 +102,7 @@ def main(argv):
   if FLAGS.distributed:
     # Multi-host runs keep JAX's CPU device count: a host's share of the batch is known only after this.
     import jax  # pylint: disable=g-import-not-at-top
+    devices.set_collective_timeouts()  # before the backends start, as set_cpu_devices does
     jax.distributed.initialize()
     logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count())
@@ -113,12 +117,18 @@ def main(argv):
   run_stages(FLAGS.config, FLAGS.workdir, stages)
 
 
+# Anticipated mistakes and states a user meets in normal use, whose message says what is wrong and how to
+# go on: a bad command line or config (validation), a workdir trained with other settings (config drift),
+# checkpoints that cannot be used. Printed as that paragraph, without a traceback (which would bury it).
+USER_ERRORS = (validation.UserError, common.ConfigDriftError, checkpoint.CheckpointError)
+
+
 def cli() -> None:
-  """app.run(main), with an anticipated mistake (validation.UserError, from the flags or from main)
-  printed as its one paragraph and exit status 2; every other error keeps its traceback."""
+  """app.run(main), with USER_ERRORS (from the flags or from main) printed as their one paragraph and
+  exit status 2; every other error keeps its traceback."""
   try:
     app.run(main, flags_parser=parse_flags)
-  except validation.UserError as error:
+  except USER_ERRORS as error:
     sys.stderr.write(f"experiments.run: {error}\n")
     sys.exit(2)
 

@@ -59,7 +59,7 @@ def trained_networks(config: ml_collections.ConfigDict, workdir: str) -> Trained
     vae, vae_params = common.trained_vae(config, workdir, config.ldm.vae_source, config.data.image_shape)
     latent_shape = common.latent_shape_of(vae, config.data.image_shape)
   net, gate, params = common.init_ldm(config, latent_shape, abstract=True)
-  params = common.restore_ema_params(params, config.ldm.training, common.stage_dir(config, workdir, "ldm"))
+  params = common.restore_ema_params(config, workdir, "ldm", params)
   return TrainedNetworks(vae, vae_params, net, params["score"], gate, params.get("gate"), latent_shape,
                          common.latest_step(config, workdir, "ldm"))
 

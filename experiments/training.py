@@ -1,5 +1,10 @@
 """Stages that train: `vae` (001 section 3.1), `stats` (001 section 5.3), `ldm` (baseline / LSI /
-critic-gate latent diffusion, MATH.md section 4) and `cotrain` (002 Algorithm 1)."""
+critic-gate latent diffusion, MATH.md section 4) and `cotrain` (002 Algorithm 1).
+
+A training stage first checks its stored settings against the config (common.check_stage_settings:
+a resumed run must be the run the config asks for), then reads what it trains on (which checks the
+stages it reads), then stores its settings and trains.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ from experiments import common
 
 
 def run_vae(config: ml_collections.ConfigDict, workdir: str) -> None:
+  common.check_stage_settings(config, workdir, "vae", training=True)
   images = common.train_images(config)
+  common.record_stage_settings(config, workdir, "vae")
   module, params = common.init_vae(config, jax.random.PRNGKey(config.seed), images.shape[1:])
   loss_fn = functools.partial(
       objectives.vae_loss,
@@ -56,8 +63,10 @@ def ldm_loss_fn(config: ml_collections.ConfigDict, workdir: str, latent_shape):
 
 
 def run_ldm(config: ml_collections.ConfigDict, workdir: str) -> None:
+  common.check_stage_settings(config, workdir, "ldm", training=True)
   posterior = common.posterior_dataset(config, workdir, config.ldm.vae_source)
   loss_fn, params = ldm_loss_fn(config, workdir, posterior[0].shape[1:])
+  common.record_stage_settings(config, workdir, "ldm")
   optimizer, loop = common.loop_config(config.ldm.training)
   train(loss_fn, params, common.batch_fn(posterior, config.ldm.training.batch_size, config.seed),
         optimizer=optimizer, loop=loop, workdir=common.stage_dir(config, workdir, "ldm"),
@@ -65,7 +74,9 @@ def run_ldm(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def run_cotrain(config: ml_collections.ConfigDict, workdir: str) -> None:
+  common.check_stage_settings(config, workdir, "cotrain", training=True)
   images = common.train_images(config)
+  common.record_stage_settings(config, workdir, "cotrain")
   key_vae, key_score = jax.random.split(jax.random.PRNGKey(config.seed))
   vae, vae_params = common.init_vae(config, key_vae, images.shape[1:])
   score_net, score_params = common.init_score_net(config, key_score,

@@ -53,12 +53,26 @@ def test_xla_flag_count_reads_xla_flags(monkeypatch):
   assert devices.xla_flag_count() is None
 
 
+WARN, TERMINATE = devices.COLLECTIVE_TIMEOUTS
+
+
+def test_collective_timeouts_are_hours_and_a_users_value_wins():
+  """A late device on a loaded machine must not abort training (XLA:CPU's default is 20 + 40 s)."""
+  assert devices.COLLECTIVE_TIMEOUTS[TERMINATE] >= 3600 and devices.COLLECTIVE_TIMEOUTS[WARN] >= 60
+  assert devices.with_default_flags("", {WARN: 600, TERMINATE: 7}) == f"{WARN}=600 {TERMINATE}=7"
+  user = f"--xla_cpu_enable_fast_math=false {TERMINATE}=30"
+  assert devices.with_default_flags(user, {WARN: 600, TERMINATE: 7}) == f"{user} {WARN}=600"
+  both = f"{WARN}=1 {TERMINATE}=2"
+  assert devices.with_default_flags(both, {WARN: 600, TERMINATE: 7}) == both
+
+
 SCRIPT = """
-import sys
+import os, sys
 import jax
 from cgdiff.train import devices
 count = devices.set_cpu_devices(int(sys.argv[1]))
 print("set", count, "local", jax.local_device_count())
+print("XLA_FLAGS", os.environ["XLA_FLAGS"])
 try:
   devices.set_cpu_devices(1)
 except RuntimeError as error:
@@ -78,10 +92,17 @@ def test_set_cpu_devices_gives_jax_that_many_devices_and_refuses_once_jax_starte
   out = _run(3)
   assert "set 3 local 3" in out
   assert "too late: cannot set 1 CPU devices: JAX has already started its backends" in out
+  # The collective timeouts are in XLA_FLAGS before the backends start (tests/test_faults.py shows
+  # that XLA applies flags set so).
+  timeouts = " ".join(f"{flag}={value}" for flag, value in devices.COLLECTIVE_TIMEOUTS.items())
+  assert f"XLA_FLAGS {timeouts}\n" in out
 
 
 def test_the_xla_flag_wins_over_the_requested_count():
-  assert "set 5 local 5" in _run(2, "--xla_force_host_platform_device_count=5")
+  out = _run(2, f"--xla_force_host_platform_device_count=5 {TERMINATE}=9")
+  assert "set 5 local 5" in out
+  warn = devices.COLLECTIVE_TIMEOUTS[WARN]
+  assert f"XLA_FLAGS --xla_force_host_platform_device_count=5 {TERMINATE}=9 {WARN}={warn}\n" in out
 
 
 def test_training_batch_sizes_of_the_stages_that_run():

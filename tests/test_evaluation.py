@@ -67,26 +67,28 @@ def test_samplers_start_from_the_given_noise(trained, tmp_path):
 
 
 def test_the_banks_and_the_sw2_protocol(trained, tmp_path):
-  """Banks are the same for every training seed; SW2 compares the generated latents with z0 of the
-  test images (eps from the bank), and the floor is over disjoint sets of training images."""
+  """Banks are keyed by eval.bank_seed alone, not by the training seed, so every row and seed shares
+  them; SW2 compares the generated latents with z0 of the test images (eps from the bank), and the floor
+  is over disjoint sets of training images."""
   bank_dir, workdir = str(tmp_path / "banks"), str(tmp_path / "run")
   shutil.copytree(trained, workdir)
   config = eval_config(bank_dir, str(tmp_path / "cache"))
+  config.eval.bank_seed = 5  # not the training seed (0)
   record = evaluation.run(config, workdir)
-  config.seed = 7  # another training seed's row: the same banks and sampler noise
   again = evaluation.run(config, workdir)
   assert again["banks"] == record["banks"] and again["metrics"] == record["metrics"]
   assert again["chunks"] == {"computed": {"samples": 0}, "loaded": {"samples": 2}}
   for bank in record["banks"].values():
     if isinstance(bank, dict):
-      assert os.path.dirname(bank["path"]) == bank_dir
+      assert os.path.dirname(bank["path"]) == bank_dir and bank["seed"] == 5
       stored = banks.noise_bank(bank_dir, bank["name"], tuple(bank["shape"]), bank["seed"])
       assert stored.sha256 == bank["sha256"]
 
   # SW2 recomputed from its definition: the 8 generated latents against z0 of the first 8 test images.
   networks = sampling.trained_networks(config, workdir)
   test = common.train_images(config, "test")[:8]
-  eps = banks.noise_bank(bank_dir, "posterior_test", tuple(record["banks"]["posterior_test"]["shape"])).noise
+  eps = banks.noise_bank(bank_dir, "posterior_test", tuple(record["banks"]["posterior_test"]["shape"]),
+                         seed=5).noise
   _, _, z0 = evaluation.posterior_latents(networks, test, eps[:8])
   latents = chunks.ChunkStore(record["stores"]["samples"]).array("latents", None, total=8, chunk=4)
   directions = sw2.projection_bank(z0[0].size, config.eval.sw2_projections, config.eval.sw2_seed)

@@ -10,6 +10,14 @@ same step up to the order of float32 sums). `python -m benchmarks.run` measures 
 
 The count is a property of the process: JAX fixes it when its backends start, at its first operation,
 so `set_cpu_devices` runs first (experiments/run.py does it from --cpu_devices). GPUs are unaffected.
+
+Collectives between CPU devices (the pmean of the gradients) wait for every device at a rendezvous, and
+XLA:CPU aborts the whole process ("Termination timeout for all reduce ... exceeded", then "Fatal Python
+error: Aborted") when one device is late by more than warn-stuck + terminate seconds (20 + 40 by
+default). On a machine loaded by other jobs a device is late because its threads are not scheduled,
+not because the program is deadlocked, and the quickstart's VAE stage was aborted so on 2 busy cores.
+`set_collective_timeouts` (called by `set_cpu_devices`) raises both timeouts (COLLECTIVE_TIMEOUTS) in
+XLA_FLAGS before the backends read it; a value the user put in XLA_FLAGS is kept.
 """
 
 from __future__ import annotations
@@ -28,6 +36,13 @@ AUTO = "auto"
 # the gain was measured on 2 cores (64 examples per device); on many cores, shards of a few examples
 # would spend more on per-device overhead than they gain.
 MIN_EXAMPLES_PER_DEVICE = 16
+# XLA:CPU's rendezvous timeouts, in seconds. After warn-stuck seconds a waiting device logs that it may
+# be stuck; after terminate seconds more it aborts the process. A collective can only hang for good on a
+# bug, and a slow peer on a loaded machine is the common case: wait hours, still warn after minutes.
+COLLECTIVE_TIMEOUTS = {
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds": 600,
+    "--xla_cpu_collective_call_terminate_timeout_seconds": 6 * 3600,
+}
 
 
 def available_cores() -> int:
@@ -85,9 +100,35 @@ def xla_flag_count() -> int | None:
   return int(match.group(1)) if match else None
 
 
+def with_default_flags(xla_flags: str, defaults: dict[str, int]) -> str:
+  """`xla_flags` (an XLA_FLAGS value) with "--flag=value" appended for each flag of `defaults` that it
+  does not set already: a flag the user set keeps the user's value."""
+  present = set(re.findall(r"(--[A-Za-z0-9_]+)=", xla_flags))
+  added = [f"{flag}={value}" for flag, value in defaults.items() if flag not in present]
+  return " ".join(part for part in [xla_flags.strip(), *added] if part)
+
+
+def set_collective_timeouts(timeouts: dict[str, int] = COLLECTIVE_TIMEOUTS) -> str:
+  """Adds each of `timeouts` that XLA_FLAGS does not set to XLA_FLAGS and returns XLA_FLAGS.
+
+  XLA reads XLA_FLAGS once, when JAX's backends start (at the first JAX operation).
+
+  Raises:
+    RuntimeError: JAX's backends have started (the flags would be ignored).
+  """
+  # JAX has no public test for a started backend; jax_num_cpu_devices' own check uses this one.
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if xla_bridge.backends_are_initialized():
+    raise RuntimeError("cannot set XLA's collective timeouts: JAX has already started its backends "
+                       "(set them before the first JAX operation).")
+  os.environ["XLA_FLAGS"] = with_default_flags(os.environ.get("XLA_FLAGS", ""), timeouts)
+  return os.environ["XLA_FLAGS"]
+
+
 def set_cpu_devices(count: int) -> int:
-  """Makes JAX's CPU platform present `count` devices (jax_num_cpu_devices) and returns the count in
-  force: XLA_FLAGS' --xla_force_host_platform_device_count, where set, is kept instead.
+  """Makes JAX's CPU platform present `count` devices (jax_num_cpu_devices), raises the collective
+  timeouts (set_collective_timeouts), and returns the count in force: XLA_FLAGS'
+  --xla_force_host_platform_device_count, where set, is kept instead.
 
   Raises:
     ValueError: count < 1.
@@ -96,11 +137,11 @@ def set_cpu_devices(count: int) -> int:
   if count < 1:
     raise ValueError(f"cpu devices must be >= 1, got {count}.")
   from_flag = xla_flag_count()
-  if from_flag is not None:
-    return from_flag
-  try:
-    jax.config.update("jax_num_cpu_devices", count)
-  except RuntimeError as error:
-    raise RuntimeError(f"cannot set {count} CPU devices: JAX has already started its backends (set the "
-                       f"count before the first JAX operation). {error}") from error
-  return count
+  if from_flag is None:
+    try:
+      jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as error:
+      raise RuntimeError(f"cannot set {count} CPU devices: JAX has already started its backends (set the "
+                         f"count before the first JAX operation). {error}") from error
+  set_collective_timeouts()
+  return count if from_flag is None else from_flag

@@ -83,25 +83,31 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
 
   batch_fn(step) -> the global batch of `step` (a pytree of arrays [B, ...]); it must depend on the
   step only, which with the per-step keys makes a resumed run identical to an uninterrupted one.
-  Checkpoints go to workdir/checkpoints, metrics to workdir (metrics.jsonl, TensorBoard). A run whose
-  latest checkpoint is at num_steps returns it without training. A non-finite loss stops training with
-  FloatingPointError; no checkpoint is written after it, so the last one on disk is good.
+  Checkpoints go to workdir/checkpoints, verified (checkpoint.py: a run resumes from the newest intact
+  one), metrics to workdir (metrics.jsonl, TensorBoard), flushed at every log step; a resumed run drops
+  what the killed run logged after its checkpoint and logs it again (writers.py). A run whose latest
+  intact checkpoint is at num_steps returns it without training. A non-finite loss stops training with
+  FloatingPointError naming the newest verified checkpoint; none is written after it.
+
+  Raises:
+    checkpoint.CheckpointError: workdir/checkpoints holds checkpoints, but none intact, or another model's.
   """
   num_devices = jax.local_device_count()
   tx = make_optimizer(optimizer, loop.num_steps)
   state = create_state(params, tx)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=loop.keep_checkpoints,
                                  save_every=loop.checkpoint_every)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    logging.info("resumed %s from step %d", workdir, int(state.step))
+  state = ckpt.resume(state)
   start = int(state.step)
+  if start:
+    logging.info("resumed %s from step %d", workdir, start)
   if start >= loop.num_steps:
     ckpt.close()
     return state
 
   p_step = pmapped_train_step(loss_fn, tx, ema_decay=loop.ema_decay)
-  writer = writers.create_writer(workdir, tensorboard=loop.tensorboard, quiet=jax.process_index() > 0)
+  writer = writers.create_writer(workdir, tensorboard=loop.tensorboard, quiet=jax.process_index() > 0,
+                                 resume_step=start)
   replicated = replicate(state)
   pending: list[tuple[int, dict]] = []
   last_time, last_step, first_time = time.perf_counter(), start, None
@@ -113,14 +119,17 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
     pending = []
     for s, m in fetched:
       if m["nonfinite"]:
+        verified = ckpt.latest_intact_step()
         raise FloatingPointError(
-            f"non-finite loss or gradient at step {s} (loss={m['loss']}); training stopped. The last "
-            f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}.")
+            f"non-finite loss or gradient at step {s} (loss={m['loss']}); training stopped. " +
+            (f"The newest verified checkpoint is step {verified} in {ckpt.directory}." if verified is not None
+             else f"There is no verified checkpoint in {ckpt.directory}."))
     now = time.perf_counter()
     steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
     scalars = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
     scalars.update(steps_per_sec=steps_per_sec, examples_per_sec=steps_per_sec * global_size)
     writer.write_scalars(step, scalars)
+    writer.flush()  # what is logged survives a kill
     eta = (loop.num_steps - step) / max(steps_per_sec, 1e-9)
     logging.info("%s: step %d/%d (%.1f%%), %.2f steps/s, %.0f examples/s, ETA %s", os.path.basename(workdir),
                  step, loop.num_steps, 100 * step / loop.num_steps, steps_per_sec,
