@@ -24,12 +24,14 @@ Speed on XLA:CPU (the products and parameters are the export's; only the order o
 the convolutions go through `cgdiff.models.conv.conv2d` (1x1 kernels as dots; the unpadded 3x3 ones,
 the stem's and the stride-2 reductions', with one row and column of padding that XLA:CPU needs to run
 them fast), and each block computes the 1x1 layers that read its input as one dot, the average-pool
-branch's pool after its 1x1 map (`pointwise_layers`). benchmarks/run.py's `inception` section times
-pool3 against the TorchScript original in torch.
+branch's pool after its 1x1 map (`pointwise_layers`); on CPU, pool3 is compiled with XLA's own
+convolution and dot kernels (CPU_COMPILER_OPTIONS). benchmarks/run.py's `inception` section times pool3
+against the TorchScript original in torch.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -350,10 +352,25 @@ def parameter_layout() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
 # ----------------------------------------------------------------------------------------------------
 # Features of a large array, streamed in fixed-size batches.
 
-@jax.jit
+# XLA:CPU compile options of pool3: convolutions and dots by XLA's own (Eigen) kernels instead of the YNN
+# library fusions jaxlib 0.10.2 makes by default. pool3 (this network, batch 32) ran 1.22x [1.14-1.29]
+# (6 pairs), 1.17x [1.08-1.22] and 1.14x [1.00-1.43] (5 pairs each) faster so, alternated in one process
+# with the default compile (2 loaded cores); the same features to float32 rounding (2e-6 of the scale).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def pool3_program(backend: str) -> Callable[[Any, Array], Array]:
+  """The jitted network on `backend` ("cpu": with CPU_COMPILER_OPTIONS). Compile options can only be given
+  to a top-level jax.jit: inside another jit, call InceptionV3().apply."""
+  return jax.jit(lambda variables, x: InceptionV3().apply(variables, x),
+                 compiler_options=CPU_COMPILER_OPTIONS if backend == "cpu" else None)
+
+
 def pool3(variables: Any, x: Array) -> Array:
-  """InceptionV3 forward, jitted (once per batch size): [B, 299, 299, 3] from `preprocess` -> [B, 2048]."""
-  return InceptionV3().apply(variables, x)
+  """InceptionV3 forward, jitted (once per batch size; `pool3_program` of JAX's default backend):
+  [B, 299, 299, 3] from `preprocess` -> [B, 2048]."""
+  return pool3_program(jax.default_backend())(variables, x)
 
 
 _preprocess = jax.jit(preprocess, static_argnames="quantize")  # cheap to compile, once per image shape
