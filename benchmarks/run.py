@@ -3,7 +3,8 @@
     python -m benchmarks.run                                   # everything (an hour or more on 2 cores)
     python -m benchmarks.run --quick                           # tiny sizes, 1 repetition: a smoke test
     python -m benchmarks.run --reps 7 --out benchmarks/results/NAME.json
-    python -m benchmarks.run --only peak,unet64                # a subset: peak, vae, unet128, unet64, sample
+    python -m benchmarks.run --only peak,unet64                # a subset: peak, vae, unet128, unet64, sample,
+                                                               # inception
     python -m benchmarks.run --torch-compile                   # + torch.compile'd train steps (slow compiles)
     python -m benchmarks.run --cpu-devices 1                   # JAX's single CPU device (default: one per core)
 
@@ -15,8 +16,14 @@ torch_steps: the same architectures, sizes, batch, optimiser options and maths):
             baseline (tweedie), critic-gate and LSI targets (config ldm.training: AdamW, clipping, EMA)
   sample    Heun-PC x 50 steps and RK4 x 10 steps at the sampling batch (config sample.batch_size) with
             the base-128 UNet, and one network forward at that batch: wall time / (NFE x forward)
-  the GFLOP/s of every UNet train step: XLA's cost analysis of cgdiff's compiled step (the same FLOP
-  count is used for torch's time) against the measured matmul peak.
+  inception the TF-FID Inception-v3 to pool3 (cgdiff.metrics.inception.pool3) against the TorchScript
+            network it was converted from (default_1.pt, torch.jit.load; needs the cached weights of
+            `python -m cgdiff.metrics.inception_weights`, else the section is skipped), batch 50 and
+            100 of the same preprocessed images, and how far their features differ; with several JAX
+            CPU devices also pool3 with the batch split over them (rows `cgdiff_all_devices`: its time
+            over the one-device pool3's, the library's way)
+  the GFLOP/s of every UNet train step and Inception pool3: XLA's cost analysis of cgdiff's compiled
+  program (the same FLOP count is used for torch's time) against the measured matmul peak.
 The UNet steps take one fixed posterior batch (mean, logvar) on both sides: cgdiff trains on a precomputed
 posterior data set, and 001's loop, which encodes every batch with the frozen VAE inside the step, would
 add the same VAE forward to both; it is left out. Inputs are random (speed does not depend on the data).
@@ -71,7 +78,7 @@ from cgdiff.train import devices, loop as loop_lib
 from cgdiff.train import state as state_lib
 from configs import base as base_config
 
-SECTIONS = ("peak", "vae", "unet128", "unet64", "sample")
+SECTIONS = ("peak", "vae", "unet128", "unet64", "sample", "inception")
 TARGETS = ("tweedie", "critic_gate", "lsi")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -98,6 +105,8 @@ class Settings:
   sample_reps: int | None = 3         # None: reps (a Heun-PC call at base 128 is ~100 forwards)
   sample_warmup: int = 1              # a sampler call is itself 40-100 network calls
   forward_calls: int = 4              # network forwards per timed slot next to the samplers
+  inception_batches: tuple[int, ...] = (50, 100)
+  inception_warmup: int = 1           # after the call that compares the features (a call is ~10-20 s)
   compiler_options: dict | None = None  # XLA options of every cgdiff compile (quick: no backend optimisation)
   torch_compile: bool = False         # also time the torch train steps under torch.compile
   quick: bool = False
@@ -108,6 +117,7 @@ QUICK = Settings(
     latent_shape=(4, 4, 4), unet_bases=(64,),
     unet_model={"channel_mults": (1,), "num_res_blocks": 1, "attention_resolutions": ()},
     sample_base=64, sample_batch=4, heun_steps=2, rk4_steps=1, sample_reps=1, forward_calls=1,
+    inception_batches=(2,), inception_warmup=0,
     compiler_options={"xla_backend_optimization_level": 0}, quick=True)
 
 
@@ -253,8 +263,14 @@ def print_row(rec: dict[str, Any]) -> None:
 # --- cgdiff programs -------------------------------------------------------------------------------------
 def compile_jax(fn, args: tuple, settings: Settings, **jit_kwargs) -> tuple[Any, float]:
   """(compiled jax.jit(fn) for args, seconds to lower and compile)."""
+  return compile_aot(jax.jit(fn, **jit_kwargs), args, settings)
+
+
+def compile_aot(jitted, args: tuple, settings: Settings) -> tuple[Any, float]:
+  """(an already jitted function compiled for args, with its own compile options and the settings', seconds
+  to lower and compile)."""
   start = time.perf_counter()
-  compiled = jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options=settings.compiler_options)
+  compiled = jitted.lower(*args).compile(compiler_options=settings.compiler_options)
   return compiled, time.perf_counter() - start
 
 
@@ -502,23 +518,75 @@ def section_sample(settings: Settings, config, device: torch.device) -> list[dic
   return out
 
 
+def section_inception(settings: Settings, device: torch.device) -> list[dict[str, Any]]:
+  """Inception pool3, cgdiff's `inception.pool3` (on the first JAX device) against torch.jit.load of the
+  TorchScript file it was converted from, per batch size of settings.inception_batches, on the same
+  preprocessed images; [] when the weights are not cached. Each record has `feature_max_rel_diff`, max
+  |cgdiff - torch| / max |torch| over the batch's features, and with several JAX devices a side
+  `cgdiff_all_devices`: pool3 jitted with the batch split over the local devices."""
+  from cgdiff.metrics import inception, inception_weights  # pylint: disable=g-import-not-at-top
+  pt = os.path.join(inception_weights.default_cache_dir(), inception_weights.PT_NAME)
+  try:
+    variables = jax.device_put(inception.load_inception_params(), jax.devices()[0])
+    if not os.path.exists(pt):
+      raise FileNotFoundError(f"no TorchScript file at {pt}; run `{inception_weights.FETCH_COMMAND}`.")
+  except FileNotFoundError as error:
+    print(f"inception: skipped: {error}", flush=True)
+    return []
+  model = torch.jit.load(pt, map_location=device).eval()
+  count = jax.local_device_count()
+  out = []
+  for batch in settings.inception_batches:
+    images = np.random.default_rng(6).uniform(-1.0, 1.0, (batch, 64, 64, 3)).astype(np.float32)
+    x = jax.device_put(inception.preprocess(jnp.asarray(images)), jax.devices()[0])  # [B, 299, 299, 3]
+    program = inception.pool3_program(jax.default_backend())  # what inception.pool3 runs, compile options too
+    compiled, compile_s = compile_aot(program, (variables, x), settings)
+    sides = {"cgdiff": jax_call(compiled, (variables, x))}
+    sides["cgdiff"].compile_s, sides["cgdiff"].flops = compile_s, flops_of(compiled)
+    tx = to_torch(x, device)
+
+    def torch_pool3(tx=tx):
+      with torch.inference_mode():
+        features = model(tx)
+      torch_sync(device)
+      return features
+
+    sides["torch"] = Side(torch_pool3)
+    if count > 1 and batch % count == 0:
+      mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("batch",))
+      split = (jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
+               jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))))
+      compiled_split, compile_s = compile_aot(program, split, settings)
+      sides["cgdiff_all_devices"] = jax_call(compiled_split, split)
+      sides["cgdiff_all_devices"].compile_s = compile_s
+    ours, theirs = np.asarray(compiled(variables, x)), torch_pool3().cpu().numpy()  # also a first warm-up
+    rel_diff = float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
+    out.append(measure(f"Inception pool3 b{batch} (img)", sides, batch, "images", settings.reps,
+                       settings.inception_warmup, batch=batch, feature_max_rel_diff=rel_diff,
+                       jax_devices=count))
+  return out
+
+
 # --- derived figures and the record ----------------------------------------------------------------------
 def derived(results: dict[str, Any]) -> dict[str, Any]:
-  """GFLOP/s of the UNet steps against the peaks, target-step / baseline-step time, sampler overhead."""
-  out: dict[str, Any] = {"unet_gflops": [], "target_over_baseline": [], "sampler_overhead": []}
+  """GFLOP/s of the UNet steps and of Inception pool3 against the peaks (rows' gflop_per_step: per call),
+  target-step / baseline-step time, sampler overhead."""
+  out: dict[str, Any] = {"unet_gflops": [], "inception_gflops": [], "target_over_baseline": [],
+                         "sampler_overhead": []}
   peak = results.get("peak", {}).get("peak_gflops", {})
   unet = results.get("unet", [])
-  for rec in unet:
-    flops = rec["cgdiff"]["flops"]
-    if not flops:
-      continue
-    row = {"name": rec["name"], "gflop_per_step": flops / 1e9}
-    for side in ("cgdiff", "torch"):
-      gflops = flops / rec[side]["median_s"] / 1e9
-      row[f"{side}_gflops"] = gflops
-      row[f"{side}_share_of_jnp_dot_peak"] = gflops / peak["cgdiff"] if peak else None
-      row[f"{side}_share_of_torch_mm_peak"] = gflops / peak["torch"] if peak else None
-    out["unet_gflops"].append(row)
+  for key, recs in (("unet_gflops", unet), ("inception_gflops", results.get("inception", []))):
+    for rec in recs:
+      flops = rec["cgdiff"]["flops"]
+      if not flops:
+        continue
+      row = {"name": rec["name"], "gflop_per_step": flops / 1e9}
+      for side in ("cgdiff", "torch"):
+        gflops = flops / rec[side]["median_s"] / 1e9
+        row[f"{side}_gflops"] = gflops
+        row[f"{side}_share_of_jnp_dot_peak"] = gflops / peak["cgdiff"] if peak else None
+        row[f"{side}_share_of_torch_mm_peak"] = gflops / peak["torch"] if peak else None
+      out[key].append(row)
   for rec in unet:
     if "over_baseline" in rec:  # medians of the ratios of calls paired in one alternation
       out["target_over_baseline"].append(
@@ -531,10 +599,13 @@ def derived(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_derived(figures: dict[str, Any]) -> None:
-  if figures["unet_gflops"]:
-    print(f"\n{'UNet train step (XLA FLOPs)':<34s} {'GFLOP':>8s} {'cgdiff GFLOP/s':>15s} {'% jnp.dot':>10s} "
+  tables = (("unet_gflops", "UNet train step (XLA FLOPs)"), ("inception_gflops", "Inception pool3 (XLA FLOPs)"))
+  for key, title in tables:
+    if not figures.get(key):
+      continue
+    print(f"\n{title:<34s} {'GFLOP':>8s} {'cgdiff GFLOP/s':>15s} {'% jnp.dot':>10s} "
           f"{'torch GFLOP/s':>14s} {'% torch.mm':>11s}")
-    for row in figures["unet_gflops"]:
+    for row in figures[key]:
       share = lambda x: f"{100 * x:9.1f}%" if x is not None else f"{'':>10s}"
       print(f"{row['name']:<34s} {row['gflop_per_step']:8.1f} {row['cgdiff_gflops']:15.1f} "
             f"{share(row['cgdiff_share_of_jnp_dot_peak'])} {row['torch_gflops']:14.1f} "
@@ -577,6 +648,8 @@ def benchmark(settings: Settings, sections: tuple[str, ...] = SECTIONS,
       results["unet"] += section_unet(base, settings, config, device)
   if "sample" in sections:
     results["sample"] = section_sample(settings, config, device)
+  if "inception" in sections:
+    results["inception"] = section_inception(settings, device)
   record["derived"] = derived(results)
   print_derived(record["derived"])
   record["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -26,6 +26,7 @@ torch = pytest.importorskip("torch")
 from benchmarks import run, torch_models, torch_steps
 from cgdiff import samplers, schedules, targets
 from cgdiff.models import build
+from cgdiff.metrics import inception_weights
 from configs import base as base_config
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -160,7 +161,7 @@ def test_quick_benchmark_writes_a_record_with_every_field(tmp_path):
   # run at about 40 s of CPU, nearly all of it XLA compiles; the other targets differ only in the loss.
   settings = dataclasses.replace(run.QUICK, targets=("critic_gate",))
   path = tmp_path / "quick.json"
-  run.benchmark(settings, out=str(path))
+  run.benchmark(settings, tuple(s for s in run.SECTIONS if s != "inception"), out=str(path))  # see below
   record = json.loads(path.read_text())
   assert {"date", "command", "git_commit", "machine", "versions", "settings", "results", "derived",
           "wall_s"} <= set(record)
@@ -184,6 +185,23 @@ def test_quick_benchmark_writes_a_record_with_every_field(tmp_path):
     for side in ("cgdiff", "torch"):
       spread = rec["wall_over_nfe_forward_spread"][side]
       assert spread["min"] <= rec["wall_over_nfe_forward"][side] == spread["median"] <= spread["max"]
+
+
+@pytest.mark.skipif(not all(os.path.exists(os.path.join(inception_weights.default_cache_dir(), name))
+                            for name in (inception_weights.CACHE_NAME, inception_weights.PT_NAME)),
+                    reason=f"no cached Inception weights; run `{inception_weights.FETCH_COMMAND}`")
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_quick_inception_section_times_pool3_against_the_torchscript_network(tmp_path):
+  # Batch 2 and no backend optimisation: about 30 s, the compile of the network.
+  record = run.benchmark(run.QUICK, ("peak", "inception"), out=str(tmp_path / "inception.json"))
+  (rec,) = record["results"]["inception"]
+  assert rec["name"] == "Inception pool3 b2 (img)" and rec["items_per_call"] == 2 and rec["speed_ratio"] > 0
+  assert rec["cgdiff"]["flops"] > 0 and rec["cgdiff"]["compile_s"] > 0
+  assert len(rec["torch"]["samples_s"]) == len(rec["cgdiff"]["samples_s"]) == run.QUICK.reps
+  # The same network on the same inputs: test_fid's bound, 1e-4 of the feature scale.
+  assert 0 <= rec["feature_max_rel_diff"] < 1e-4
+  (row,) = record["derived"]["inception_gflops"]
+  assert row["name"] == rec["name"] and row["cgdiff_gflops"] > 0 and row["cgdiff_share_of_jnp_dot_peak"] > 0
 
 
 def test_grouped_alternation_interleaves_every_side_and_pairs_the_ratios():

@@ -203,6 +203,9 @@ CONV_CASES = [
     ((2, 1, 1, 8), 1, 6, 2, 1, "stride_phases", "every output reads padding only: zeros"),
     ((2, 32, 32, 3), 3, 64, 1, 1, "explicit_kernel_grad", "32x32 map, im2col (3 input channels)"),
     ((2, 16, 16, 64), 3, 64, 2, 1, "explicit_kernel_grad", "16x16x64 map, nine tap dots, stride 2"),
+    ((2, 16, 17, 3), 3, 6, 1, 0, "lax", "16x17 map, no padding: padded one-sided, first row and column dropped"),
+    ((1, 33, 32, 4), 3, 64, 1, 0, "explicit_kernel_grad", "33x32 map, no padding: one-sided padding too"),
+    ((2, 35, 33, 4), 3, 6, 2, 0, "lax", "stride 2, no padding, last row and column unread: padded there"),
 ]
 
 
@@ -228,6 +231,20 @@ def test_conv2d_matches_lax_values_and_derivatives(x_shape, k, c_out, stride, pa
   assert_rounding_close(grads_ours[0], grads_ref[0], k * k * c_out)
   assert_rounding_close(grads_ours[1], grads_ref[1], per_kernel_entry)
   assert_rounding_close(jvp(ours), jvp(ref), 2 * per_output)  # forward mode too (custom_jvp route)
+
+
+@pytest.mark.parametrize("x_shape, stride, padding, expected", [
+    ((1, 16, 16, 3), 1, 0, ((1, 0), (1, 0))),  # unpadded, 256 pixels: one row and column more, dropped
+    ((1, 15, 17, 3), 1, 0, ((0, 0), (0, 0))),  # 255 pixels: as asked
+    ((1, 35, 35, 3), 2, 0, ((0, 1), (0, 1))),  # stride 2, the last row and column unread: padded there
+    ((1, 35, 36, 3), 2, 0, ((0, 0), (0, 0))),  # stride 2, column 35 read by the last window: as asked
+    ((1, 32, 32, 3), 1, 1, ((1, 1), (1, 1)))])  # padded: as asked
+def test_unpadded_convolutions_get_one_row_and_column_of_padding(x_shape, stride, padding, expected):
+  # Which convolution XLA is handed (the values: conv2d's "no padding" cases above).
+  kernel = jnp.zeros((3, 3, x_shape[-1], 6))
+  jaxpr = jax.make_jaxpr(lambda x: conv2d(x, kernel, stride, ((padding, padding),) * 2))(jnp.zeros(x_shape))
+  convs = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "conv_general_dilated"]
+  assert [tuple(map(tuple, eqn.params["padding"])) for eqn in convs] == [expected]
 
 
 @pytest.mark.parametrize("x_shape, k, stride, upsample, features", [

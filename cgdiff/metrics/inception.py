@@ -19,10 +19,19 @@ values exactly). `quantize=False` keeps the float values.
 
 Compilation: the network is jitted once per batch size, separately from the (cheap) preprocessing, so
 images of any size share one compiled network.
+
+Speed on XLA:CPU (the products and parameters are the export's; only the order of the work differs):
+the convolutions go through `cgdiff.models.conv.conv2d` (1x1 kernels as dots; the unpadded 3x3 ones,
+the stem's and the stride-2 reductions', with one row and column of padding that XLA:CPU needs to run
+them fast), and each block computes the 1x1 layers that read its input as one dot, the average-pool
+branch's pool after its 1x1 map (`pointwise_layers`); on CPU, pool3 is compiled with XLA's own
+convolution and dot kernels (CPU_COMPILER_OPTIONS). benchmarks/run.py's `inception` section times pool3
+against the TorchScript original in torch.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -33,6 +42,7 @@ import numpy as np
 from absl import logging
 
 from cgdiff import _checks
+from cgdiff.models import conv as conv_lib
 # Re-exported: the network and its weights from one module.
 from cgdiff.metrics.inception_weights import load_inception_params, weights_id  # noqa: F401
 
@@ -108,7 +118,9 @@ class Conv2dLayer(nn.Module):
   """conv (no bias) -> batch norm (beta only, eps 1e-3, running statistics) -> ReLU; NHWC.
 
   relu((conv(x, W) - mean) / sqrt(var + eps) + beta), computed as conv(x, W * s) + (beta - mean * s)
-  with s = 1 / sqrt(var + eps): the normalisation folded into the kernel, one pass over the output.
+  with s = 1 / sqrt(var + eps): the normalisation folded into the kernel (`folded`), one pass over the
+  output. The convolution is `cgdiff.models.conv.conv2d` (lax's map; 1x1 kernels as dots, unpadded
+  stride-1 ones on large maps with one-sided padding: the routes XLA:CPU runs fast).
   Parameters: kernel [kh, kw, C_in, features], beta, mean, var [features].
   """
   features: int
@@ -117,17 +129,23 @@ class Conv2dLayer(nn.Module):
   padding: tuple[int, int] = (0, 0)
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def folded(self, in_features: int) -> tuple[Array, Array]:
+    """(W * s [kh, kw, in_features, features], beta - mean * s [features]): the layer is
+    relu(conv(x, W * s) + beta - mean * s). Declares the parameters; blocks that fuse several 1x1
+    layers into one dot call it directly."""
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        self.kernel_size + (x.shape[-1], self.features))
+                        self.kernel_size + (in_features, self.features))
     beta = self.param("beta", nn.initializers.zeros, (self.features,))
     mean = self.param("mean", nn.initializers.zeros, (self.features,))
     var = self.param("var", nn.initializers.ones, (self.features,))
     scale = jax.lax.rsqrt(var + BATCH_NORM_EPSILON)
+    return kernel * scale, beta - mean * scale
+
+  def __call__(self, x: Array) -> Array:
+    """x: [B, H, W, C_in] -> [B, H_out, W_out, features]."""
+    kernel, bias = self.folded(x.shape[-1])
     (ph, pw) = self.padding
-    y = jax.lax.conv_general_dilated(x, kernel * scale, (self.stride, self.stride), ((ph, ph), (pw, pw)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return nn.relu(y + (beta - mean * scale))
+    return nn.relu(conv_lib.conv2d(x, kernel, self.stride, ((ph, ph), (pw, pw))) + bias)
 
 
 # (features, kernel, stride, padding) of one Conv2dLayer.
@@ -153,13 +171,43 @@ class Tower(nn.Module):
   convs: Sequence[ConvSpec]
   pool_first: bool = False
 
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    if self.pool_first:
-      x = _avg_pool_same(x)
-    for i, (features, kernel, stride, padding) in enumerate(self.convs):
-      x = Conv2dLayer(features, kernel, stride, padding, name=_conv_name(i))(x)
-    return x
+  def setup(self):
+    for i, spec in enumerate(self.convs):  # attribute names are the module names: conv, conv_1, ...
+      setattr(self, _conv_name(i), Conv2dLayer(*spec))
+
+  def layer(self, i: int) -> Conv2dLayer:
+    return getattr(self, _conv_name(i))
+
+  def __call__(self, x: Array, first: Array | None = None) -> Array:
+    """x: [B, H, W, C] -> the last layer's output. `first`: the output of the first layer (pool included),
+    computed by the caller (`pointwise_layers`); then x is not read."""
+    y = self.layer(0)(_avg_pool_same(x) if self.pool_first else x) if first is None else first
+    for i in range(1, len(self.convs)):
+      y = self.layer(i)(y)
+    return y
+
+
+def pointwise_layers(x: Array, layers: Sequence[Conv2dLayer], pooled: Sequence[Conv2dLayer] = ()
+                     ) -> list[Array]:
+  """[layer(x) for the 1x1 `layers`] + [layer(avg_pool(x)) for the 1x1 `pooled`], from one dot.
+
+  x: [B, H, W, C] -> [B, H, W, features of each layer]. The layers that read the same input share one
+  matmul x @ [W_1 s_1 | W_2 s_2 | ...] (the same products as separate dots, in one larger matmul). A pooled
+  layer's average pool is taken after its 1x1 map: both are linear and the pool's divisor (the count of
+  in-image pixels of each window) depends on the position only, so avg_pool(x) W = avg_pool(x W), pooled
+  over the layer's features (32-192) rather than x's channels (192-1280). The bias and ReLU come after the
+  pool, as in the layer.
+  """
+  for layer in (*layers, *pooled):
+    if (tuple(layer.kernel_size), layer.stride, tuple(layer.padding)) != ((1, 1), 1, (0, 0)):
+      raise ValueError(f"pointwise_layers takes 1x1 stride-1 layers, got {layer.kernel_size} kernel, stride "
+                       f"{layer.stride}, padding {layer.padding}.")
+  folded = [layer.folded(x.shape[-1]) for layer in (*layers, *pooled)]
+  kernel = jnp.concatenate([k for k, _ in folded], axis=-1)                    # [1, 1, C, sum features]
+  y = conv_lib.conv2d(x, kernel)                                               # a dot (the 1x1 route)
+  outs = jnp.split(y, np.cumsum([k.shape[-1] for k, _ in folded])[:-1], axis=-1)
+  return [nn.relu((_avg_pool_same(out) if i >= len(layers) else out) + bias)
+          for i, (out, (_, bias)) in enumerate(zip(outs, folded))]
 
 
 def _conv(features: int, kernel: int | tuple[int, int], stride: int = 1) -> ConvSpec:
@@ -170,17 +218,18 @@ def _conv(features: int, kernel: int | tuple[int, int], stride: int = 1) -> Conv
 
 
 class InceptionA(nn.Module):
-  """35x35 block: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1 (pool features `pool_features`)."""
+  """35x35 block: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1 (pool features `pool_features`); the four
+  1x1 layers in one dot (`pointwise_layers`)."""
   pool_features: int
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    return jnp.concatenate([
-        Conv2dLayer(*_conv(64, 1), name="conv")(x),
-        Tower((_conv(48, 1), _conv(64, 5)), name="tower")(x),
-        Tower((_conv(64, 1), _conv(96, 3), _conv(96, 3)), name="tower_1")(x),
-        Tower((_conv(self.pool_features, 1),), pool_first=True, name="tower_2")(x),
-    ], axis=-1)
+    tower = Tower((_conv(48, 1), _conv(64, 5)), name="tower")
+    tower_1 = Tower((_conv(64, 1), _conv(96, 3), _conv(96, 3)), name="tower_1")
+    tower_2 = Tower((_conv(self.pool_features, 1),), pool_first=True, name="tower_2")
+    conv, first, first_1, pooled = pointwise_layers(
+        x, [Conv2dLayer(*_conv(64, 1), name="conv"), tower.layer(0), tower_1.layer(0)], [tower_2.layer(0)])
+    return jnp.concatenate([conv, tower(x, first), tower_1(x, first_1), pooled], axis=-1)
 
 
 class InceptionB(nn.Module):
@@ -196,52 +245,57 @@ class InceptionB(nn.Module):
 
 
 class InceptionC(nn.Module):
-  """17x17 block with factorised 7x7 convolutions of `channels_7x7` channels."""
+  """17x17 block with factorised 7x7 convolutions of `channels_7x7` channels; the four 1x1 layers in one
+  dot."""
   channels_7x7: int
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = self.channels_7x7
-    return jnp.concatenate([
-        Conv2dLayer(*_conv(192, 1), name="conv")(x),
-        Tower((_conv(c, 1), _conv(c, (1, 7)), _conv(192, (7, 1))), name="tower")(x),
-        Tower((_conv(c, 1), _conv(c, (7, 1)), _conv(c, (1, 7)), _conv(c, (7, 1)), _conv(192, (1, 7))),
-              name="tower_1")(x),
-        Tower((_conv(192, 1),), pool_first=True, name="tower_2")(x),
-    ], axis=-1)
+    tower = Tower((_conv(c, 1), _conv(c, (1, 7)), _conv(192, (7, 1))), name="tower")
+    tower_1 = Tower((_conv(c, 1), _conv(c, (7, 1)), _conv(c, (1, 7)), _conv(c, (7, 1)), _conv(192, (1, 7))),
+                    name="tower_1")
+    tower_2 = Tower((_conv(192, 1),), pool_first=True, name="tower_2")
+    conv, first, first_1, pooled = pointwise_layers(
+        x, [Conv2dLayer(*_conv(192, 1), name="conv"), tower.layer(0), tower_1.layer(0)], [tower_2.layer(0)])
+    return jnp.concatenate([conv, tower(x, first), tower_1(x, first_1), pooled], axis=-1)
 
 
 class InceptionD(nn.Module):
-  """17x17 -> 8x8: 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2."""
+  """17x17 -> 8x8: 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2; the two 1x1 layers in one dot."""
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    return jnp.concatenate([
-        Tower((_conv(192, 1), _conv(320, 3, 2)), name="tower")(x),
-        Tower((_conv(192, 1), _conv(192, (1, 7)), _conv(192, (7, 1)), _conv(192, 3, 2)),
-              name="tower_1")(x),
-        _max_pool(x, 2, 0),
-    ], axis=-1)
+    tower = Tower((_conv(192, 1), _conv(320, 3, 2)), name="tower")
+    tower_1 = Tower((_conv(192, 1), _conv(192, (1, 7)), _conv(192, (7, 1)), _conv(192, 3, 2)), name="tower_1")
+    first, first_1 = pointwise_layers(x, [tower.layer(0), tower_1.layer(0)])
+    return jnp.concatenate([tower(x, first), tower_1(x, first_1), _max_pool(x, 2, 0)], axis=-1)
 
 
 class InceptionE(nn.Module):
   """8x8 block with expanded 1x3 / 3x1 outputs; the pool branch averages (mixed_9) or, in the TF-FID
-  graph's last block (mixed_10), takes the max (a quirk of the 2015 graph kept by the export)."""
+  graph's last block (mixed_10), takes the max (a quirk of the 2015 graph kept by the export). The 1x1
+  layers of x in one dot (with the pool branch's when it averages: a max pool does not commute with it)."""
   use_max_pool: bool
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    a = Conv2dLayer(*_conv(384, 1), name="tower_conv")(x)
-    b = Conv2dLayer(*_conv(448, 1), name="tower_1_conv")(x)
+    first = [Conv2dLayer(*_conv(320, 1), name="conv"), Conv2dLayer(*_conv(384, 1), name="tower_conv"),
+             Conv2dLayer(*_conv(448, 1), name="tower_1_conv")]
+    pool_conv = Conv2dLayer(*_conv(192, 1), name="tower_2_conv")
+    if self.use_max_pool:
+      conv, a, b = pointwise_layers(x, first)
+      pooled = pool_conv(_max_pool(x, 1, 1))
+    else:
+      conv, a, b, pooled = pointwise_layers(x, first, [pool_conv])
     b = Conv2dLayer(*_conv(384, 3), name="tower_1_conv_1")(b)
-    pooled = _max_pool(x, 1, 1) if self.use_max_pool else _avg_pool_same(x)
     return jnp.concatenate([
-        Conv2dLayer(*_conv(320, 1), name="conv")(x),
+        conv,
         Conv2dLayer(*_conv(384, (1, 3)), name="tower_mixed_conv")(a),
         Conv2dLayer(*_conv(384, (3, 1)), name="tower_mixed_conv_1")(a),
         Conv2dLayer(*_conv(384, (1, 3)), name="tower_1_mixed_conv")(b),
         Conv2dLayer(*_conv(384, (3, 1)), name="tower_1_mixed_conv_1")(b),
-        Conv2dLayer(*_conv(192, 1), name="tower_2_conv")(pooled),
+        pooled,
     ], axis=-1)
 
 
@@ -283,7 +337,7 @@ def parameter_layout() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
 
   def record(next_fun: Callable, args: Any, kwargs: Any, context: Any) -> Any:
     module = context.module
-    if isinstance(module, Conv2dLayer) and context.method_name == "__call__":
+    if isinstance(module, Conv2dLayer) and context.method_name == "folded":
       geometry["/".join(module.path)] = ((module.stride,) * 2, tuple(module.padding))
     return next_fun(*args, **kwargs)
 
@@ -298,10 +352,25 @@ def parameter_layout() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
 # ----------------------------------------------------------------------------------------------------
 # Features of a large array, streamed in fixed-size batches.
 
-@jax.jit
+# XLA:CPU compile options of pool3: convolutions and dots by XLA's own (Eigen) kernels instead of the YNN
+# library fusions jaxlib 0.10.2 makes by default. pool3 (this network, batch 32) ran 1.22x [1.14-1.29]
+# (6 pairs), 1.17x [1.08-1.22] and 1.14x [1.00-1.43] (5 pairs each) faster so, alternated in one process
+# with the default compile (2 loaded cores); the same features to float32 rounding (2e-6 of the scale).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def pool3_program(backend: str) -> Callable[[Any, Array], Array]:
+  """The jitted network on `backend` ("cpu": with CPU_COMPILER_OPTIONS). Compile options can only be given
+  to a top-level jax.jit: inside another jit, call InceptionV3().apply."""
+  return jax.jit(lambda variables, x: InceptionV3().apply(variables, x),
+                 compiler_options=CPU_COMPILER_OPTIONS if backend == "cpu" else None)
+
+
 def pool3(variables: Any, x: Array) -> Array:
-  """InceptionV3 forward, jitted (once per batch size): [B, 299, 299, 3] from `preprocess` -> [B, 2048]."""
-  return InceptionV3().apply(variables, x)
+  """InceptionV3 forward, jitted (once per batch size; `pool3_program` of JAX's default backend):
+  [B, 299, 299, 3] from `preprocess` -> [B, 2048]."""
+  return pool3_program(jax.default_backend())(variables, x)
 
 
 _preprocess = jax.jit(preprocess, static_argnames="quantize")  # cheap to compile, once per image shape

@@ -23,6 +23,15 @@ benchmarks/profile_steps.py and single-op timings on a 2-core AVX2 CPU, jaxlib 0
                           profile-blocks-20261201.log); from 8x8 maps on, lax's was as fast or faster;
   otherwise (4x4, 8x8)    lax's convolution (as fast as any explicit form measured).
 
+Wherever lax's convolution runs, an unpadded (VALID) one gets one row and one column of zero padding,
+the same products: XLA:CPU (its YNN convolutions, jaxlib 0.10.2) ran unpadded convolutions 1.4-4.8x
+slower than padded ones (paired single-op timings, 2 loaded cores). Strided, where the last row of a
+phase is never read, the padding goes at the bottom and right and changes nothing else (3x3 stride 2:
+35x35x288 -> 384 at batch 32 1.56x [0.96-2.12], 35x35x96 1.37x, the 299x299x3 stem 1.64x; 17x17 maps
+1.08-1.14x); otherwise (stride 1) at the top and left, and the first output row and column are dropped
+(one more of each computed): 3x3 stride 1, 73x73x80 -> 192 at batch 8 3.87x [2.87-8.89], 149x149x32
+3.44x, 17x17x192 at batch 32 2.55x [1.81-4.06]; maps under UNPADDED_MIN_PIXELS stay as asked.
+
 The large-map route is a `jax.custom_jvp` whose tangent is linear in each input, so forward and reverse
 mode both work; its transpose gives the dots. `upsample_conv3x3` computes a 3x3 convolution of a
 nearest-upsampled (x2) map as four 2x2 convolutions of the small map (4/9 of the multiplications).
@@ -52,11 +61,23 @@ IM2COL_MAX_DEPTH = 64
 PHASE_EXPLICIT_MIN_PIXELS = 16
 # Strided convolutions with at most this many output pixels run as convolutions of the stride phases.
 STRIDE_PHASES_MAX_OUTPUT_PIXELS = 4
+# Unpadded stride-1 convolutions of maps with at least this many pixels get one-sided padding (see above).
+UNPADDED_MIN_PIXELS = 256
 
 
 def _lax_conv(x: Array, kernel: Array, stride: int, padding: Padding) -> Array:
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                      dimension_numbers=DIMENSION_NUMBERS)
+  """lax's convolution; unpadded ones with one row and column of padding (see the module docstring)."""
+  if padding != ((0, 0), (0, 0)) or min(kernel.shape[:2]) == 1:
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                        dimension_numbers=DIMENSION_NUMBERS)
+  far_end_unread = [(size - k) % stride != stride - 1 for size, k in zip(x.shape[1:3], kernel.shape[:2])]
+  if all(far_end_unread):  # stride > 1 and a padded last row or column that no window reaches
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((0, 1), (0, 1)),
+                                        dimension_numbers=DIMENSION_NUMBERS)
+  if stride == 1 and x.shape[1] * x.shape[2] >= UNPADDED_MIN_PIXELS:
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 0), (1, 0)), dimension_numbers=DIMENSION_NUMBERS)
+    return y[:, 1:, 1:]
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=DIMENSION_NUMBERS)
 
 
 def output_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
