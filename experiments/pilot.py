@@ -9,8 +9,9 @@ runs its real row config for --timing_steps steps through `experiments.run`, and
 logged intervals (compilation excluded) give seconds per step; an `eval` at --timing_eval_samples
 samples gives the per-sample and per-image costs of the evaluation. The projection multiplies them out
 for the program (`program_hours`). learning: rows (c), critic-gate (per-element) and (a) train for
---learning_epochs epochs at the candidate's size (the same schedule, shortened) and are evaluated
-without FID (sample grid, SW2, training curves), to show that the networks learn.
+--learning_epochs epochs at the candidate's size (the same schedule, shortened) and are evaluated at
+N = 1,000 (FID against the first 1,000 test images, biased upwards at this N; sample grid, SW2,
+training curves), to show that the networks learn.
 Writes <out>/pilot.json (merged across parts) and copies the figures next to it.
 """
 
@@ -39,12 +40,12 @@ CANDIDATES = {
     "small": ("--config.vae.model.channels=(16, 32, 64)", "--config.score_net.num_res_blocks=1"),
     "medium": ("--config.vae.model.channels=(32, 64, 128)", "--config.score_net.num_res_blocks=2"),
 }
-# (stage kind, row whose config runs it, stage, its training group)
+# (stage kind, row whose config runs it, stage)
 TIMED_STAGES = (
-    ("vae", "c", "vae", "vae"),
-    ("ldm", "c", "ldm", "ldm"),
-    ("ldm_gate", "cg_element", "ldm", "ldm"),
-    ("cotrain", "a", "cotrain", "cotrain"),
+    ("vae", "c", "vae"),
+    ("ldm", "c", "ldm"),
+    ("ldm_gate", "cg_element", "ldm"),
+    ("cotrain", "a", "cotrain"),
 )
 LEARNING_ROWS = ("c", "cg_element", "a")
 
@@ -84,17 +85,21 @@ def steps(group: str, count: int, log_every: int) -> list[str]:
           f"--config.{group}.training.checkpoint_every={count}"]
 
 
+def all_steps(count: int, log_every: int) -> list[str]:
+  return [arg for group in ("vae", "ldm", "cotrain") for arg in steps(group, count, log_every)]
+
+
 def timing(candidate: str) -> dict:
   """Seconds per step of every stage kind and the eval's costs at one candidate size."""
   root = os.path.join(FLAGS.workdir, "timing", candidate)
-  sizes, out = CANDIDATES[candidate], {}
   count, log_every = FLAGS.timing_steps, max(FLAGS.timing_steps // 12, 1)
+  # Every run gets every training group's settings: a later stage checks the VAE it reads against them.
+  sizes, out = [*CANDIDATES[candidate], *all_steps(count, log_every)], {}
   vae_workdir = os.path.join(root, "c")
-  for kind, row, stage, group in TIMED_STAGES:
+  for kind, row, stage in TIMED_STAGES:
     workdir = os.path.join(root, row)
     extra = [f"--config.vae_workdir={vae_workdir}"] if stage == "ldm" else []
-    wall = run_row(row, workdir, [*sizes, *extra, f"--stages={stage}", *steps(group, count, log_every)],
-                   os.path.join(root, "pilot.log"))
+    wall = run_row(row, workdir, [*sizes, *extra, f"--stages={stage}"], os.path.join(root, "pilot.log"))
     home = vae_workdir if stage == "vae" else workdir
     out[kind] = {**seconds_per_step(os.path.join(home, stage, "metrics.jsonl")), "wall_seconds": wall}
   n = FLAGS.timing_eval_samples
@@ -143,8 +148,7 @@ def learning(candidate: str) -> dict:
   for row in LEARNING_ROWS:
     workdir = os.path.join(root, row)
     extra = [f"--config.vae_workdir={vae_workdir}"] if fmnist_rows.BY_NAME[row].vae_home else []
-    overrides = [*CANDIDATES[candidate], *extra, *steps("vae", count, 50), *steps("ldm", count, 50),
-                 *steps("cotrain", count, 50), "--config.eval.fid=False", "--config.eval.num_samples=1000",
+    overrides = [*CANDIDATES[candidate], *extra, *all_steps(count, 50), "--config.eval.num_samples=1000",
                  "--config.eval.num_reconstructions=1000", "--config.eval.num_reference=1000"]
     wall = run_row(row, workdir, overrides, os.path.join(root, "pilot.log"))
     record_path = sorted(glob.glob(os.path.join(workdir, "eval", "*.json")))[-1]
