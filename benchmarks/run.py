@@ -4,7 +4,7 @@
     python -m benchmarks.run --quick                           # tiny sizes, 1 repetition: a smoke test
     python -m benchmarks.run --reps 7 --out benchmarks/results/NAME.json
     python -m benchmarks.run --only peak,unet64                # a subset: peak, vae, unet128, unet64, sample,
-                                                               # inception
+                                                               # inception, fmnist
     python -m benchmarks.run --torch-compile                   # + torch.compile'd train steps (slow compiles)
     python -m benchmarks.run --cpu-devices 1                   # JAX's single CPU device (default: one per core)
 
@@ -22,6 +22,10 @@ torch_steps: the same architectures, sizes, batch, optimiser options and maths):
             100 of the same preprocessed images, and how far their features differ; with several JAX
             CPU devices also pool3 with the batch split over them (rows `cgdiff_all_devices`: its time
             over the one-device pool3's, the library's way)
+  fmnist    the results program's train steps at its sizes (configs/fmnist_base.py; README "Protocol"):
+            the VAE on batch 128 of 32x32x1 images, the UNet on 8x8x2 posteriors with the three targets
+            (critic-gate with its per-element gate), and row (a)'s co-training step (VAE + UNet, LSI,
+            modified KL, the score loss reaching the encoder)
   the GFLOP/s of every UNet train step and Inception pool3: XLA's cost analysis of cgdiff's compiled
   program (the same FLOP count is used for torch's time) against the measured matmul peak.
 The UNet steps take one fixed posterior batch (mean, logvar) on both sides: cgdiff trains on a precomputed
@@ -77,8 +81,9 @@ from cgdiff.models import build
 from cgdiff.train import devices, loop as loop_lib
 from cgdiff.train import state as state_lib
 from configs import base as base_config
+from configs import fmnist_base
 
-SECTIONS = ("peak", "vae", "unet128", "unet64", "sample", "inception")
+SECTIONS = ("peak", "vae", "unet128", "unet64", "sample", "inception", "fmnist")
 TARGETS = ("tweedie", "critic_gate", "lsi")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -390,6 +395,51 @@ def section_vae(settings: Settings, config, device: torch.device) -> dict[str, A
                  parameters=int(sum(x.size for x in jax.tree.leaves(params))))
 
 
+def section_cotrain(settings: Settings, config, device: torch.device) -> dict[str, Any]:
+  """config.cotrain's step (002 Algorithm 1): VAE + score network on a batch of images."""
+  cfg = config.cotrain
+  if cfg.stiffness_weight or not cfg.encoder_score_gradient:
+    raise ValueError("the torch co-training step has no stiffness term and always trains the encoder.")
+  vae_cfg = plain({**config.vae.model.to_dict(), **(settings.vae_model or {})})
+  vae = build.vae(vae_cfg)
+  images = jnp.asarray(np.tanh(np.random.default_rng(3).standard_normal(
+      (settings.vae_batch,) + settings.image_shape)), jnp.float32)
+  score_cfg = score_config(config, config.score_net.base_channels, settings)
+  net, score_params = init_unet(score_cfg, settings.latent_shape)
+  params = {"vae": build.init(vae, jax.random.PRNGKey(0), images[:1]), "score": score_params}
+  schedule = schedules.make(config.schedule.name, **config.schedule.kwargs)
+  loss_fn = functools.partial(
+      objectives.cotrain_loss, encode_fn=lambda p, x: vae.apply(p, x, method=vae.encode),
+      decode_fn=lambda p, z: vae.apply(p, z, method=vae.decode), eps_fn=net.apply, schedule=schedule,
+      kl=cfg.kl, kl_weight=cfg.kl_weight, score_target=cfg.score_target, score_weight=cfg.score_weight,
+      stiffness_weight=cfg.stiffness_weight, encoder_score_gradient=cfg.encoder_score_gradient)
+  modules = {"vae": torch_module(torch_models.VAE(**vae_cfg), params["vae"]),
+             "score": torch_module(torch_unet(score_cfg, settings.latent_shape), score_params)}
+  torch_loss = torch_steps.cotrain_loss(torch_steps.CosineSchedule(**config.schedule.kwargs.to_dict()), cfg.kl,
+                                        cfg.kl_weight, cfg.score_target, cfg.score_weight)
+  sides = {**cgdiff_train_sides(loss_fn, params, images, cfg.training, settings),
+           **torch_train_sides(modules, torch_loss, to_torch(images, device), cfg.training, device, settings)}
+  shape = "x".join(map(str, settings.image_shape))
+  return measure(f"co-train step {cfg.score_target} b{settings.vae_batch} {shape} (img)", sides,
+                 settings.vae_batch, "images", settings.reps, settings.warmup,
+                 parameters=int(sum(x.size for x in jax.tree.leaves(params))))
+
+
+def section_fmnist(settings: Settings, device: torch.device) -> list[dict[str, Any]]:
+  """The results program's steps at its sizes (configs/fmnist_base.py): VAE, UNet (three targets),
+  co-training (row (a)). The settings' model overrides (quick) apply on top."""
+  config = fmnist_base.get_config()
+  image_shape = tuple(config.data.image_shape)
+  vae = build.vae(plain({**config.vae.model.to_dict(), **(settings.vae_model or {})}))
+  factor = vae.downsample_factor
+  fmnist = dataclasses.replace(settings, image_shape=image_shape,
+                               latent_shape=(image_shape[0] // factor, image_shape[1] // factor,
+                                             vae.latent_channels))
+  return [section_vae(fmnist, config, device),
+          *section_unet(config.score_net.base_channels, fmnist, config, device),
+          section_cotrain(fmnist, config, device)]
+
+
 def plain(cfg: dict[str, Any]) -> dict[str, Any]:
   """A config group as module keyword arguments: lists (ConfigDict's sequences) as tuples."""
   return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
@@ -574,7 +624,7 @@ def derived(results: dict[str, Any]) -> dict[str, Any]:
   out: dict[str, Any] = {"unet_gflops": [], "inception_gflops": [], "target_over_baseline": [],
                          "sampler_overhead": []}
   peak = results.get("peak", {}).get("peak_gflops", {})
-  unet = results.get("unet", [])
+  unet = results.get("unet", []) + [rec for rec in results.get("fmnist", []) if "target" in rec]
   for key, recs in (("unet_gflops", unet), ("inception_gflops", results.get("inception", []))):
     for rec in recs:
       flops = rec["cgdiff"]["flops"]
@@ -650,6 +700,8 @@ def benchmark(settings: Settings, sections: tuple[str, ...] = SECTIONS,
     results["sample"] = section_sample(settings, config, device)
   if "inception" in sections:
     results["inception"] = section_inception(settings, device)
+  if "fmnist" in sections:
+    results["fmnist"] = section_fmnist(settings, device)
   record["derived"] = derived(results)
   print_derived(record["derived"])
   record["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None

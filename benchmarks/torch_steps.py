@@ -13,6 +13,8 @@ Losses (MATH.md section 4; means over batch and elements, 001's F.mse_loss):
   critic_gate:  ||eps_hat - ((1 - g) eps_csem + g eps)||^2, eps_csem = sigma (z0 - mean) / (alpha v)
                 (000's posterior CSEM, sign of MATH.md errata 1, blend of errata 5; 001 section 5.7)
   lsi:          ||eps_hat - sigma (z_t - alpha mean) / (alpha^2 v + sigma^2)||^2
+  cotrain:      vae (with the regular or 002's modified KL) + score_weight * the tweedie or lsi loss on
+                the encoder's posteriors, the gradient reaching the encoder (002 Algorithm 1)
 with t ~ U[t_min, t_max] continuous (MATH.md: networks take continuous time; 001 draws integer steps).
 
 Optimisation as cgdiff's `training` config groups: torch.optim.AdamW (betas, decoupled weight decay),
@@ -87,15 +89,21 @@ def _per_example(x: Tensor) -> Tensor:
   return x.view(-1, 1, 1, 1)
 
 
+def autoencoder_loss(vae: nn.Module, images: Tensor, kl: str, kl_weight: float
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+  """(reconstruction MSE of decode(z0 ~ q) + kl_weight * mean KL, mean, logvar) of images (B, C, H, W);
+  KL 'regular' (to N(0, I)) or 002's 'modified' 1/2 (mean^2 + v)."""
+  mean, logvar = vae.encode(images)
+  z0 = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+  kl_term = mean**2 + logvar.exp() - (1.0 + logvar if kl == "regular" else 0.0)
+  return F.mse_loss(vae.decode(z0), images) + kl_weight * 0.5 * torch.mean(kl_term), mean, logvar
+
+
 def vae_loss(kl_weight: float) -> LossFn:
-  """loss(model, images (B, 3, H, W)): reconstruction MSE of decode(z0 ~ q) + kl_weight * mean KL."""
+  """loss(model, images (B, C, H, W)): reconstruction MSE of decode(z0 ~ q) + kl_weight * mean KL."""
 
   def loss(model: nn.ModuleDict, images: Tensor) -> Tensor:
-    vae = model["vae"]
-    mean, logvar = vae.encode(images)
-    z0 = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-    kl = 0.5 * torch.mean(mean**2 + logvar.exp() - 1.0 - logvar)
-    return F.mse_loss(vae.decode(z0), images) + kl_weight * kl
+    return autoencoder_loss(model["vae"], images, "regular", kl_weight)[0]
 
   return loss
 
@@ -107,23 +115,44 @@ def diffusion_loss(schedule: CosineSchedule, target: str) -> LossFn:
     raise ValueError(f"unknown target {target!r}")
 
   def loss(model: nn.ModuleDict, posterior: tuple[Tensor, Tensor]) -> Tensor:
-    mean, logvar = posterior
-    t = torch.empty(mean.shape[0], device=mean.device).uniform_(schedule.t_min, schedule.t_max)
-    alpha, sigma = _per_example(schedule.alpha(t)), _per_example(schedule.sigma(t))
-    z0 = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-    eps = torch.randn_like(mean)
-    z_t = alpha * z0 + sigma * eps
-    if target == "tweedie":
-      eps_star = eps
-    elif target == "lsi":
-      eps_star = sigma * (z_t - alpha * mean) / (alpha**2 * logvar.exp() + sigma**2)
-    else:
-      g = model["gate"](z_t, t)
-      eps_csem = sigma * (z0 - mean) * torch.exp(-logvar) / alpha
-      eps_star = (1.0 - g) * eps_csem + g * eps
-    return F.mse_loss(model["score"](z_t, t), eps_star)
+    return score_matching_loss(model, schedule, target, *posterior)
 
   return loss
+
+
+def cotrain_loss(schedule: CosineSchedule, kl: str, kl_weight: float, score_target: str,
+                 score_weight: float = 1.0) -> LossFn:
+  """loss(model, images (B, C, H, W)): 002's Algorithm 1 as cgdiff.objectives.cotrain_loss, the score
+  loss reaching the encoder: reconstruction MSE of decode(z0) + kl_weight * KL ('regular' or 002's
+  'modified' 1/2 (mean^2 + v)) + score_weight * eps-MSE against `score_target` ('tweedie' or 'lsi') on
+  its own z0 draw; model["vae"] and model["score"]."""
+  if kl not in ("regular", "modified") or score_target not in ("tweedie", "lsi"):
+    raise ValueError(f"unknown KL {kl!r} or co-training target {score_target!r}")
+
+  def loss(model: nn.ModuleDict, images: Tensor) -> Tensor:
+    autoencoder, mean, logvar = autoencoder_loss(model["vae"], images, kl, kl_weight)
+    return autoencoder + score_weight * score_matching_loss(model, schedule, score_target, mean, logvar)
+
+  return loss
+
+
+def score_matching_loss(model: nn.ModuleDict, schedule: CosineSchedule, target: str, mean: Tensor,
+                        logvar: Tensor) -> Tensor:
+  """eps-MSE of model["score"] against `target` for posteriors N(mean, exp(logvar)), (B, C, H, W)."""
+  t = torch.empty(mean.shape[0], device=mean.device).uniform_(schedule.t_min, schedule.t_max)
+  alpha, sigma = _per_example(schedule.alpha(t)), _per_example(schedule.sigma(t))
+  z0 = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+  eps = torch.randn_like(mean)
+  z_t = alpha * z0 + sigma * eps
+  if target == "tweedie":
+    eps_star = eps
+  elif target == "lsi":
+    eps_star = sigma * (z_t - alpha * mean) / (alpha**2 * logvar.exp() + sigma**2)
+  else:
+    g = model["gate"](z_t, t)
+    eps_csem = sigma * (z0 - mean) * torch.exp(-logvar) / alpha
+    eps_star = (1.0 - g) * eps_csem + g * eps
+  return F.mse_loss(model["score"](z_t, t), eps_star)
 
 
 def lr_factor(training: Mapping[str, Any]) -> Callable[[int], float]:

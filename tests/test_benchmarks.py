@@ -161,7 +161,8 @@ def test_quick_benchmark_writes_a_record_with_every_field(tmp_path):
   # run at about 40 s of CPU, nearly all of it XLA compiles; the other targets differ only in the loss.
   settings = dataclasses.replace(run.QUICK, targets=("critic_gate",))
   path = tmp_path / "quick.json"
-  run.benchmark(settings, tuple(s for s in run.SECTIONS if s != "inception"), out=str(path))  # see below
+  run.benchmark(settings, tuple(s for s in run.SECTIONS if s not in ("inception", "fmnist")),
+                out=str(path))  # see below
   record = json.loads(path.read_text())
   assert {"date", "command", "git_commit", "machine", "versions", "settings", "results", "derived",
           "wall_s"} <= set(record)
@@ -202,6 +203,47 @@ def test_quick_inception_section_times_pool3_against_the_torchscript_network(tmp
   assert 0 <= rec["feature_max_rel_diff"] < 1e-4
   (row,) = record["derived"]["inception_gflops"]
   assert row["name"] == rec["name"] and row["cgdiff_gflops"] > 0 and row["cgdiff_share_of_jnp_dot_peak"] > 0
+
+
+def test_quick_fmnist_section_times_the_results_programs_steps(tmp_path):
+  # The results program's VAE (32x32x1 images), UNet (the three targets, per-element gate) and row (a)'s
+  # co-training step, at the quick model sizes: the configs' shapes and options reach both sides.
+  settings = dataclasses.replace(run.QUICK, targets=("tweedie", "critic_gate"))
+  record = run.benchmark(settings, ("fmnist",), out=str(tmp_path / "fmnist.json"))
+  names = [rec["name"] for rec in record["results"]["fmnist"]]
+  assert names[0] == "VAE train step b4 32x32x1 (img)" and names[-1] == "co-train step lsi b4 32x32x1 (img)"
+  assert [rec.get("target") for rec in record["results"]["fmnist"][1:-1]] == ["tweedie", "critic_gate"]
+  for rec in record["results"]["fmnist"]:
+    assert rec["speed_ratio"] > 0 and rec["cgdiff"]["flops"] > 0, rec["name"]
+  cotrain, vae = record["results"]["fmnist"][-1], record["results"]["fmnist"][0]
+  assert cotrain["parameters"] > vae["parameters"]  # VAE + UNet
+  assert [row["name"] for row in record["derived"]["target_over_baseline"]] == [
+      f"UNet{run.fmnist_base.get_config().score_net.base_channels} critic_gate / tweedie step time"]
+
+
+def test_torch_cotrain_loss_is_the_sum_of_its_terms():
+  # With every random draw zero: z0 = mean, eps = 0, z_t = alpha mean, so the LSI target is 0 and the
+  # loss is MSE(decode(mean), x) + kl_weight * 1/2 mean(mean^2 + v) (modified) + MSE(score(z_t, t), 0).
+  vae, unet = torch_models.VAE(**TINY_VAE), torch_models.UNet(in_channels=4, resolution=8, **{
+      k: v for k, v in TINY_UNET.items() if k != "kind"})
+  model = torch.nn.ModuleDict({"vae": vae, "score": unet})
+  images = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32))
+  schedule = torch_steps.CosineSchedule()
+  torch.manual_seed(0)
+  with torch.no_grad():
+    original = torch.randn_like
+    torch.randn_like = torch.zeros_like
+    try:
+      loss = torch_steps.cotrain_loss(schedule, "modified", 0.5, "lsi", score_weight=2.0)(model, images)
+    finally:
+      torch.randn_like = original
+    torch.manual_seed(0)
+    t = torch.empty(2).uniform_(schedule.t_min, schedule.t_max)
+    mean, logvar = vae.encode(images)
+    alpha = schedule.alpha(t).view(-1, 1, 1, 1)
+    expected = (torch.mean((vae.decode(mean) - images) ** 2) + 0.5 * 0.5 * torch.mean(mean**2 + logvar.exp())
+                + 2.0 * torch.mean(unet(alpha * mean, t) ** 2))
+  assert torch.allclose(loss, expected, rtol=1e-5), (loss, expected)
 
 
 def test_grouped_alternation_interleaves_every_side_and_pairs_the_ratios():
