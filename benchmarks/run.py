@@ -577,7 +577,7 @@ def section_inception(settings: Settings, device: torch.device) -> list[dict[str
   from cgdiff.metrics import inception, inception_weights  # pylint: disable=g-import-not-at-top
   pt = os.path.join(inception_weights.default_cache_dir(), inception_weights.PT_NAME)
   try:
-    variables = jax.device_put(inception.load_inception_params(), jax.devices()[0])
+    variables = jax.device_put(inception_weights.load_inception_params(), jax.devices()[0])
     if not os.path.exists(pt):
       raise FileNotFoundError(f"no TorchScript file at {pt}; run `{inception_weights.FETCH_COMMAND}`.")
   except FileNotFoundError as error:

@@ -89,8 +89,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
 def start_training(workdir, num_steps: int, *, kill_at: int = -1, tensorboard: bool = True,
                    cache_dir) -> subprocess.Popen:
   """The training script on `workdir` in a subprocess (stdout: a line "step k" before each step).
-  The persistent compilation cache makes the runs after the first skip XLA's compilation. (Runs whose
-  TensorBoard files are not looked at turn it off: tensorboardX's import costs seconds.)"""
+  The persistent compilation cache makes the runs after the first skip XLA's compilation."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   env.pop("XLA_FLAGS", None)

@@ -43,8 +43,6 @@ from absl import logging
 
 from cgdiff import _checks
 from cgdiff.models import conv as conv_lib
-# Re-exported: the network and its weights from one module.
-from cgdiff.metrics.inception_weights import load_inception_params, weights_id  # noqa: F401
 
 Array = jax.Array
 

@@ -2,7 +2,7 @@
 
 clu's own writers import TensorFlow, which this project does not depend on; these write the same
 scalars to the log (stdout), to metrics.jsonl (read back by the plots) and to TensorBoard event files
-through tensorboardX.
+(cgdiff.train.tfevents, which keeps tensorboardX and with it torch out of training processes).
 
 A resumed run: the training loop flushes every writer at every log step, so what a killed run logged
 is on disk, and opens them with `resume_step` S, the step it resumes from. The killed run may have
@@ -19,6 +19,8 @@ import time
 from typing import Mapping
 
 from absl import logging
+
+from cgdiff.train import tfevents
 
 
 class LoggingWriter:
@@ -77,32 +79,22 @@ class JsonlWriter:
 
 
 class TensorBoardWriter:
-  """Scalars to a TensorBoard event file in `logdir`, written synchronously: tensorboardX's
-  SummaryWriter hands events to a thread through a queue, and its flush() does not wait for the queue,
-  so a kill lost what it had not written (a killed run's event file had 0 bytes).
+  """Scalars to a TensorBoard event file in `logdir` (cgdiff.train.tfevents: no torch in the process),
+  written through at every flush, so a kill loses nothing that was flushed.
 
   purge_step: TensorBoard drops the events of earlier files from this step on (a resumed run's
-  repeated steps), as SummaryWriter(purge_step=...) asks it to.
+  repeated steps): the session-start event that SummaryWriter(purge_step=...) writes.
   """
 
   def __init__(self, logdir: str, purge_step: int | None = None):
-    # pylint: disable=g-import-not-at-top
-    from tensorboardX import event_file_writer, summary
-    from tensorboardX.proto import event_pb2
-    self._event, self._summary = event_pb2, summary
-    os.makedirs(logdir, exist_ok=True)
-    # The file is named by the second it was opened in: the process id keeps a run resumed within that
-    # second from overwriting the killed run's file.
-    self._events = event_file_writer.EventsWriter(os.path.join(logdir, "events"), f".{os.getpid()}")
+    self._events = tfevents.EventFileWriter(logdir)
     if purge_step is not None:
-      self._events.write_event(event_pb2.Event(
-          wall_time=time.time(), step=purge_step,
-          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+      self._events.write(tfevents.event(wall_time=time.time(), step=purge_step, session_start=True))
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    # One event per scalar, as tensorboardX writes them.
     for name, value in scalars.items():
-      self._events.write_event(self._event.Event(wall_time=time.time(), step=int(step),
-                                                 summary=self._summary.scalar(name, float(value))))
+      self._events.write(tfevents.event(wall_time=time.time(), step=int(step), scalars={name: value}))
 
   def flush(self) -> None:
     self._events.flush()
