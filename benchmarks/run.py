@@ -76,7 +76,7 @@ from torch import nn
 
 from benchmarks import torch_models, torch_steps
 from benchmarks.xla_cost import flops_of
-from cgdiff import objectives, records, samplers, schedules, targets
+from cgdiff import objectives, records, samplers, schedules, score_targets
 from cgdiff.models import build
 from cgdiff.train import devices, loop as loop_lib
 from cgdiff.train import state as state_lib
@@ -377,10 +377,9 @@ def section_peak(settings: Settings, device: torch.device) -> dict[str, Any]:
 
 def section_vae(settings: Settings, config, device: torch.device) -> dict[str, Any]:
   model_cfg = plain({**config.vae.model.to_dict(), **(settings.vae_model or {})})
-  module = build.vae(model_cfg)
+  module, params = build.vae_and_params(model_cfg, settings.image_shape, jax.random.PRNGKey(0))
   images = jnp.asarray(np.tanh(np.random.default_rng(2).standard_normal(
       (settings.vae_batch,) + settings.image_shape)), jnp.float32)
-  params = build.init(module, jax.random.PRNGKey(0), images[:1])
   loss_fn = functools.partial(
       objectives.vae_loss, encode_fn=lambda p, x: module.apply(p, x, method=module.encode),
       decode_fn=lambda p, z: module.apply(p, z, method=module.decode), kl=config.vae.kl,
@@ -401,12 +400,12 @@ def section_cotrain(settings: Settings, config, device: torch.device) -> dict[st
   if cfg.stiffness_weight or not cfg.encoder_score_gradient:
     raise ValueError("the torch co-training step has no stiffness term and always trains the encoder.")
   vae_cfg = plain({**config.vae.model.to_dict(), **(settings.vae_model or {})})
-  vae = build.vae(vae_cfg)
+  vae, vae_params = build.vae_and_params(vae_cfg, settings.image_shape, jax.random.PRNGKey(0))
   images = jnp.asarray(np.tanh(np.random.default_rng(3).standard_normal(
       (settings.vae_batch,) + settings.image_shape)), jnp.float32)
   score_cfg = score_config(config, config.score_net.base_channels, settings)
   net, score_params = init_unet(score_cfg, settings.latent_shape)
-  params = {"vae": build.init(vae, jax.random.PRNGKey(0), images[:1]), "score": score_params}
+  params = {"vae": vae_params, "score": score_params}
   schedule = schedules.make(config.schedule.name, **config.schedule.kwargs)
   loss_fn = functools.partial(
       objectives.cotrain_loss, encode_fn=lambda p, x: vae.apply(p, x, method=vae.encode),
@@ -462,17 +461,14 @@ def init_unet(cfg: dict[str, Any], latent_shape: tuple[int, ...]):
 
 @functools.cache
 def _init_unet(cfg_items: tuple, latent_shape: tuple[int, ...]):
-  net = build.score_net(dict(cfg_items))
-  return net, build.init(net, jax.random.PRNGKey(1), jnp.zeros((1,) + latent_shape), jnp.zeros((1,)))
+  return build.score_net_and_params(dict(cfg_items), latent_shape, jax.random.PRNGKey(1))
 
 
 def section_unet(base: int, settings: Settings, config, device: torch.device) -> list[dict[str, Any]]:
   cfg = score_config(config, base, settings)
   shape = (settings.unet_batch,) + settings.latent_shape
   net, score_params = init_unet(cfg, settings.latent_shape)
-  gate = build.gate(config.gate)
-  gate_params = build.init(gate, jax.random.PRNGKey(2), jnp.zeros((1,) + settings.latent_shape),
-                           jnp.zeros((1,)))
+  gate, gate_params = build.gate_and_params(config.gate, settings.latent_shape, jax.random.PRNGKey(2))
   rng = np.random.default_rng(1)
   posterior = (jnp.asarray(rng.standard_normal(shape), jnp.float32),
                jnp.asarray(rng.uniform(-3.0, -1.0, shape), jnp.float32))
@@ -482,10 +478,10 @@ def section_unet(base: int, settings: Settings, config, device: torch.device) ->
   training = config.ldm.training
   groups, extras = {}, {}
   for target in settings.targets:
-    critic = target == "critic_gate"
+    critic = score_targets.get(target).needs_gate
     params = {"score": score_params, **({"gate": gate_params} if critic else {})}
-    loss_fn = functools.partial(objectives.diffusion_loss, eps_fn=net.apply, schedule=schedule, target=target,
-                                gate_fn=gate.apply if critic else None)
+    loss_fn = objectives.diffusion_loss_fn(target, eps_fn=net.apply, schedule=schedule,
+                                           gate_fn=gate.apply if critic else None)
     modules = {"score": torch_module(torch_unet(cfg, settings.latent_shape), score_params)}
     if critic:
       gate_module = torch_models.CriticGate(settings.latent_shape[-1], **config.gate.to_dict())
@@ -533,13 +529,11 @@ def section_sample(settings: Settings, config, device: torch.device) -> list[dic
       "cgdiff": Side(lambda: [forward_cg.run() for _ in range(k)], compile_s, flops_of(compiled)),
       "torch": Side(lambda: [torch_forward() for _ in range(k)])}}
 
-  def score_fn(p):  # s = -eps_hat / sigma (MATH.md section 2), as experiments/sampling.py
-    return lambda zz, tt: targets.eps_to_score(net.apply(p, zz, tt), schedule.sigma(tt).reshape(-1, 1, 1, 1))
-
   methods = (("heun_pc", settings.heun_steps), ("rk4", settings.rk4_steps))
   for method, steps in methods:
-    run = lambda p, key, method=method, steps=steps: samplers.sample(score_fn(p), schedule, key, shape,
-                                                                     method=method, num_steps=steps)
+    def run(p, key, method=method, steps=steps):
+      return samplers.sample(samplers.score_from_eps(net.apply, p, schedule), schedule, key, shape,
+                             method=method, num_steps=steps)
     key = jax.random.PRNGKey(4)
     compiled, compile_s = compile_jax(run, (params, key), settings)
     cg = jax_call(compiled, (params, key))

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from cgdiff import schedules as schedules_lib
-from cgdiff import targets
+from cgdiff import score_targets, targets
 
 Array = jax.Array
 TARGET_NAMES = ("tweedie", "csem", "lsi")
@@ -54,7 +54,8 @@ def target_variance_profile(key: Array, means: Array, logvars: Array, log_weight
 
 
 def posterior_target_profile(key: Array, mean: Array, logvar: Array, schedule: schedules_lib.Schedule,
-                             times: Array, *, eps_fn=None, gate_fn=None) -> dict[str, Array]:
+                             times: Array, *, eps_fn=None, gate_fn=None, blend_target: str = "critic_gate",
+                             prior: score_targets.Prior | None = None) -> dict[str, Array]:
   """The score targets on real posteriors N(mean, exp(logvar)) [B, ...] across time, in eps space.
 
   At each t in `times` [T], one (z0, z_t) per posterior. Returns, each [T] unless said otherwise:
@@ -66,6 +67,8 @@ def posterior_target_profile(key: Array, mean: Array, logvar: Array, schedule: s
       Var(eps_name | z_t): the network's own error is common to all of them.
     gate: [T, B, ...] the gate g(z_t, t) broadcast to the latent shape, when `gate_fn` is given.
   eps_fn(z_t [B, ...], t [B]) -> eps_hat and gate_fn(z_t, t) -> g are closures over trained parameters.
+  blend: the registered gated target `blend_target` with that gate ('critic_gate_prior' with `prior`,
+  the latent statistics, for 001's row).
   """
   mean, logvar = jnp.asarray(mean), jnp.asarray(logvar)
 
@@ -76,23 +79,20 @@ def posterior_target_profile(key: Array, mean: Array, logvar: Array, schedule: s
     alpha, sigma = schedule.alpha(t), schedule.sigma(t)
     z0 = targets.reparameterize(mean, logvar, jax.random.normal(k_vae, mean.shape))
     eps = jax.random.normal(k_eps, mean.shape)
-    z_t = targets.diffuse(z0, eps, alpha, sigma)
-    # Tweedie's eps target is eps itself (MATH.md section 2).
-    eps_targets = {
-        "tweedie": eps,
-        "csem": targets.score_to_eps(targets.csem_score(z0, mean, logvar, alpha), sigma),
-        "lsi": targets.score_to_eps(targets.lsi_score(z_t, mean, logvar, alpha, sigma), sigma),
-    }
+    draw = score_targets.DiffusionDraw(z0, targets.diffuse(z0, eps, alpha, sigma), eps, mean, logvar,
+                                       alpha, sigma)
+    eps_targets = {"tweedie": score_targets.tweedie_eps(draw), "csem": score_targets.csem_eps(draw),
+                   "lsi": score_targets.lsi_eps(draw)}
     out = {}
     if gate_fn is not None:
-      gate = jnp.broadcast_to(gate_fn(z_t, t_batch), mean.shape)
-      eps_targets["blend"] = targets.blend(eps_targets["csem"], eps_targets["tweedie"], gate)
+      gate = jnp.broadcast_to(gate_fn(draw.z_t, t_batch), mean.shape)
+      eps_targets["blend"] = score_targets.eps_target(blend_target, draw, gate=gate, prior=prior)
       out["gate"] = gate
     for name, value in eps_targets.items():
       if name != "lsi":
         out[f"excess_{name}"] = jnp.mean((value - eps_targets["lsi"]) ** 2)
     if eps_fn is not None:
-      eps_hat = eps_fn(z_t, t_batch)
+      eps_hat = eps_fn(draw.z_t, t_batch)
       for name, value in eps_targets.items():
         out[f"residual_{name}"] = jnp.mean((value - eps_hat) ** 2)
     return out

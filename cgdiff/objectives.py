@@ -12,13 +12,14 @@ Reductions: losses are means over the batch and over latent / pixel elements (th
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
 
 from cgdiff import schedules as schedules_lib
-from cgdiff import targets
+from cgdiff import score_targets, targets
 
 Array = jax.Array
 Params = Any
@@ -27,9 +28,8 @@ GateFn = Callable[[Params, Array, Array], Array]  # (params, z_t, t) -> g in [0,
 EncodeFn = Callable[[Params, Array], tuple[Array, Array]]  # (params, x) -> (mean, logvar)
 DecodeFn = Callable[[Params, Array], Array]  # (params, z0) -> x_hat
 
-ScoreTarget = Literal["tweedie", "lsi", "critic_gate", "critic_gate_prior"]
-SCORE_TARGETS = ("tweedie", "lsi", "critic_gate", "critic_gate_prior")
-COTRAIN_SCORE_TARGETS = ("tweedie", "lsi")  # co-training has no gate network
+# Co-training has no gate network and no latent statistics (those come from a trained VAE).
+COTRAIN_SCORE_TARGETS = score_targets.names(gate=False, prior=False)
 KLKind = Literal["regular", "modified"]
 KL_KINDS = ("regular", "modified")
 
@@ -54,72 +54,46 @@ def draw_diffusion_noise(keys: Array, schedule: schedules_lib.Schedule,
   return jax.vmap(draw)(keys)
 
 
-def noise_target(target: ScoreTarget, *, z0: Array, z_t: Array, eps: Array, mean: Array, logvar: Array,
+def noise_target(target: str, *, z0: Array, z_t: Array, eps: Array, mean: Array, logvar: Array,
                  alpha: Array, sigma: Array, gate: Array | None = None,
                  prior: tuple[Array, Array] | None = None) -> Array:
-  """The eps-space target eps* = -sigma s* of each score target s* (MATH.md sections 2-4); z's shape.
+  """The eps-space target eps* = -sigma s* of the registered score target `target`; z's shape.
 
-  tweedie: eps (= -sigma b exactly). lsi: -sigma l. critic_gate: -sigma ((1 - g) a + g b) with the
-  posterior CSEM a. critic_gate_prior: the same with 001's global-Gaussian CSEM (biased; `prior` is
-  (prior_mean, prior_logvar) of shape z.shape[1:]).
+  A keyword front end to score_targets.eps_target (the registry says what each target is and needs).
   """
-  if target == "tweedie":
-    return eps
-  if target == "lsi":
-    return targets.score_to_eps(targets.lsi_score(z_t, mean, logvar, alpha, sigma), sigma)
-  if target in ("critic_gate", "critic_gate_prior"):
-    if gate is None:
-      raise ValueError(f"target {target!r} needs a gate value.")
-    if target == "critic_gate":
-      csem = targets.csem_score(z0, mean, logvar, alpha)
-    else:
-      if prior is None:
-        raise ValueError("target 'critic_gate_prior' needs the latent statistics (prior mean, logvar).")
-      csem = targets.prior_csem_score(z0, prior[0], prior[1], alpha)
-    # The blend is linear, so it is taken in eps space, where Tweedie's part is eps itself.
-    return targets.blend(targets.score_to_eps(csem, sigma), eps, gate)
-  raise ValueError(f"unknown score target {target!r}; expected one of {SCORE_TARGETS}.")
-
-
-def score_matching_terms(params: Params, mean: Array, logvar: Array, keys: Array, *, eps_fn: EpsFn,
-                         schedule: schedules_lib.Schedule, target: ScoreTarget,
-                         gate_fn: GateFn | None = None,
-                         prior: tuple[Array, Array] | None = None) -> tuple[Array, dict[str, Array]]:
-  """eps-MSE of the score network against `target` and its metrics (see `_score_terms`)."""
-  loss, metrics, _ = _score_terms(params, mean, logvar, keys, eps_fn=eps_fn, schedule=schedule,
-                                  target=target, gate_fn=gate_fn, prior=prior)
-  return loss, metrics
+  draw = score_targets.DiffusionDraw(z0, z_t, eps, mean, logvar, alpha, sigma)
+  return score_targets.eps_target(target, draw, gate=gate, prior=prior)
 
 
 def _score_terms(params: Params, mean: Array, logvar: Array, keys: Array, *, eps_fn: EpsFn,
-                 schedule: schedules_lib.Schedule, target: ScoreTarget, gate_fn: GateFn | None = None,
+                 schedule: schedules_lib.Schedule, target: str, gate_fn: GateFn | None = None,
                  prior: tuple[Array, Array] | None = None):
   """eps-MSE of the score network against `target`, for posteriors N(mean, exp(logvar)) [B, ...].
 
-  params: {"score": ..., "gate": ...} (the gate only for the critic-gate targets). Returns the loss and
+  params: {"score": ..., "gate": ...} (the gate only for targets that need one). Returns the loss and
   metrics: the gate's mean and range, the target's second moment, and its excess over LSI,
   mean (eps* - eps_LSI)^2, a Monte Carlo estimate of E Var(eps* | z_t, x): the variance the target
   adds on top of the Rao-Blackwellised one (0 for LSI; MATH.md identity 2). Also returns the drawn
   (alpha, sigma) [B, 1, ...], for terms that need the same times (the stiffness penalty).
   """
+  spec = score_targets.get(target)
   t, eps_vae, eps = draw_diffusion_noise(keys, schedule, mean.shape[1:])
   alpha = _per_example(schedule.alpha(t), mean.ndim)
   sigma = _per_example(schedule.sigma(t), mean.ndim)
   z0 = targets.reparameterize(mean, logvar, eps_vae)
-  z_t = targets.diffuse(z0, eps, alpha, sigma)
+  draw = score_targets.DiffusionDraw(z0, targets.diffuse(z0, eps, alpha, sigma), eps, mean, logvar,
+                                     alpha, sigma)
   metrics = {}
   gate = None
-  if target in ("critic_gate", "critic_gate_prior"):
+  if spec.needs_gate:
     if gate_fn is None:
       raise ValueError(f"target {target!r} needs a gate network (gate_fn).")
-    gate = gate_fn(params["gate"], z_t, t)
+    gate = gate_fn(params["gate"], draw.z_t, t)
     metrics.update(gate_mean=jnp.mean(gate), gate_min=jnp.min(gate), gate_max=jnp.max(gate))
-  eps_star = noise_target(target, z0=z0, z_t=z_t, eps=eps, mean=mean, logvar=logvar, alpha=alpha,
-                          sigma=sigma, gate=gate, prior=prior)
-  eps_hat = eps_fn(params["score"], z_t, t)
+  eps_star = score_targets.eps_target(target, draw, gate=gate, prior=prior)
+  eps_hat = eps_fn(params["score"], draw.z_t, t)
   loss = jnp.mean((eps_hat - eps_star) ** 2)
-  eps_lsi = noise_target("lsi", z0=z0, z_t=z_t, eps=eps, mean=mean, logvar=logvar, alpha=alpha,
-                         sigma=sigma)
+  eps_lsi = score_targets.lsi_eps(draw)
   metrics.update(
       score_loss=loss,
       target_second_moment=jax.lax.stop_gradient(jnp.mean(eps_star**2)),
@@ -129,14 +103,30 @@ def _score_terms(params: Params, mean: Array, logvar: Array, keys: Array, *, eps
 
 
 def diffusion_loss(params: Params, posterior: tuple[Array, Array], keys: Array, *, eps_fn: EpsFn,
-                   schedule: schedules_lib.Schedule, target: ScoreTarget, gate_fn: GateFn | None = None,
+                   schedule: schedules_lib.Schedule, target: str, gate_fn: GateFn | None = None,
                    prior: tuple[Array, Array] | None = None) -> tuple[Array, dict[str, Array]]:
-  """Latent-diffusion loss on a frozen posterior (mean, logvar) [B, ...]: baseline (target 'tweedie'),
-  LSI, or critic-gate (000 with the posterior CSEM, 001 with the prior CSEM). MATH.md section 4."""
+  """Latent-diffusion loss on a frozen posterior (mean, logvar) [B, ...] against a registered score
+  target: baseline ('tweedie'), LSI, or critic-gate (000 with the posterior CSEM, 001 with the prior
+  CSEM). MATH.md section 4."""
   mean, logvar = posterior
-  loss, metrics = score_matching_terms(params, mean, logvar, keys, eps_fn=eps_fn, schedule=schedule,
-                                       target=target, gate_fn=gate_fn, prior=prior)
+  loss, metrics, _ = _score_terms(params, mean, logvar, keys, eps_fn=eps_fn, schedule=schedule,
+                                  target=target, gate_fn=gate_fn, prior=prior)
   return loss, {"loss": loss, **metrics}
+
+
+def diffusion_loss_fn(target: str, *, eps_fn: EpsFn, schedule: schedules_lib.Schedule,
+                      gate_fn: GateFn | None = None, prior: tuple[Array, Array] | None = None
+                      ) -> Callable[[Params, tuple[Array, Array], Array], tuple[Array, dict[str, Array]]]:
+  """diffusion_loss for `target` as a function (params, posterior, keys) -> (loss, metrics), once the
+  registry (score_targets.TARGETS) confirms that it has what it needs: a gate network exactly when the
+  target blends with a gate, the latent statistics exactly when it uses them."""
+  spec = score_targets.get(target)
+  if spec.needs_gate != (gate_fn is not None):
+    raise ValueError(f"target {target!r} {'needs' if spec.needs_gate else 'takes no'} gate network.")
+  if spec.needs_prior != (prior is not None):
+    raise ValueError(f"target {target!r} {'needs' if spec.needs_prior else 'takes no'} latent statistics.")
+  return functools.partial(diffusion_loss, eps_fn=eps_fn, schedule=schedule, target=target,
+                           gate_fn=gate_fn, prior=prior)
 
 
 def gaussian_kl(mean: Array, logvar: Array, kind: KLKind) -> Array:
@@ -176,7 +166,7 @@ def vae_loss(params: Params, images: Array, keys: Array, *, encode_fn: EncodeFn,
 
 def cotrain_loss(params: Params, images: Array, keys: Array, *, encode_fn: EncodeFn, decode_fn: DecodeFn,
                  eps_fn: EpsFn, schedule: schedules_lib.Schedule, kl: KLKind, kl_weight: float,
-                 score_target: Literal["tweedie", "lsi"], score_weight: float = 1.0,
+                 score_target: str, score_weight: float = 1.0,
                  stiffness_weight: float = 0.0,
                  encoder_score_gradient: bool = True) -> tuple[Array, dict[str, Array]]:
   """Co-training of VAE and score network (002 Algorithm 1, eq. 17; MATH.md section 4).

@@ -4,7 +4,7 @@
     nfe("heun_pc", 50)  # 100 network evaluations
 
 `score_fn(z, t)` takes z [B, ...] and t [B] and returns the score [B, ...] (for a noise network,
-`targets.eps_to_score(eps_hat, sigma(t))`). Each method is one `lax.scan` over a time grid that is
+`score_from_eps(net.apply, params, schedule)`). Each method is one `lax.scan` over a time grid that is
 uniform in log-SNR by default (`schedules.time_grid`, which says why). Wrap the call in `jax.jit`
 (with the network parameters as an argument of the jitted function) to compile it once.
 
@@ -55,6 +55,17 @@ def register(name: str, evals_per_step: int, stochastic: bool) -> Callable[[Step
     return step
 
   return wrap
+
+
+def score_from_eps(apply_fn: Callable[..., Array], params, schedule: schedules_lib.Schedule) -> ScoreFn:
+  """The score function s(z, t) = -eps_hat(z, t) / sigma(t) of a noise-prediction network (MATH.md
+  section 2): apply_fn(params, z [B, ...], t [B]) -> eps_hat [B, ...]."""
+
+  def score_fn(z: Array, t: Array) -> Array:
+    sigma = schedule.sigma(t).reshape((-1,) + (1,) * (z.ndim - 1))
+    return targets.eps_to_score(apply_fn(params, z, t), sigma)
+
+  return score_fn
 
 
 def nfe(method: str, num_steps: int, denoise: bool = False) -> int:

@@ -29,6 +29,15 @@ def training(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def shrink_training(config: ml_collections.ConfigDict, steps: int = 2, batch_size: int = 8) -> None:
+  """Every training group to `steps` steps of `batch_size`, no warm-up, one checkpoint, no TensorBoard:
+  the `tiny` variants' training, which runs a config's every stage in seconds (tests, CI)."""
+  for name in ("vae", "ldm", "cotrain"):
+    if name in config:
+      config[name].training.update(num_steps=steps, batch_size=batch_size, log_every=1,
+                                   checkpoint_every=steps, warmup_steps=0, tensorboard=False)
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0

@@ -41,12 +41,10 @@ def get_config():
                           scale_shift_norm=True)  # 32 channels: GroupNorm would erase an additive time signal
   config.gate.update(granularity="element", hidden_channels=32, num_layers=2)
 
-  training = base.training(batch_size=BATCH_SIZE, num_steps=EPOCHS * EPOCH_STEPS, learning_rate=1e-3,
-                           warmup_steps=500, lr_schedule="cosine", weight_decay=1e-4, grad_clip=1.0,
-                           ema_decay=0.999, log_every=100, checkpoint_every=1000, keep_checkpoints=2)
-  config.vae.training = training
-  config.ldm.training = ml_collections.ConfigDict(training.to_dict())
-  config.cotrain.training = ml_collections.ConfigDict(training.to_dict())
+  for stage in (config.vae, config.ldm, config.cotrain):  # one optimiser for every network of every row
+    stage.training = base.training(batch_size=BATCH_SIZE, num_steps=EPOCHS * EPOCH_STEPS, learning_rate=1e-3,
+                                   warmup_steps=500, lr_schedule="cosine", weight_decay=1e-4, grad_clip=1.0,
+                                   ema_decay=0.999, log_every=100, checkpoint_every=1000, keep_checkpoints=2)
   config.cotrain.update(kl_weight=config.vae.kl_weight, score_weight=1.0, stiffness_weight=0.0)
 
   config.sample.update(method="rk4", num_steps=10, num_samples=64, batch_size=64)

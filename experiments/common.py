@@ -14,18 +14,17 @@ import os
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from cgdiff import records, schedules
-from cgdiff.data import pipeline, toy2d
+from cgdiff import records, schedules, score_targets
+from cgdiff.data import pipeline
 from cgdiff.models import build
 from cgdiff.train import TrainLoopConfig, create_state, make_optimizer
 from cgdiff.train import checkpoint
+from experiments import latent_space
 
-TOY = "toy2d"
 # The stages that train a VAE (the values of config.ldm / config.stats.vae_source). config.vae_workdir,
 # where set, puts them in another workdir, so that rows can share one VAE (the five two-stage rows of a
 # seed; row (b) uses row (a)'s).
@@ -64,44 +63,30 @@ def loop_config(training: ml_collections.ConfigDict) -> tuple[ml_collections.Con
   return training, TrainLoopConfig.from_config(training)
 
 
-def _init(module, key, *example_inputs, abstract: bool):
-  if abstract:
-    return build.abstract_init(module, *example_inputs)
-  return build.init(module, key, *example_inputs)
+def init_vae(config: ml_collections.ConfigDict, key: jax.Array | None, image_shape: tuple[int, ...]):
+  """(module, params) of config.vae.model; key None: shapes only (a template for restoring)."""
+  return build.vae_and_params(config.vae.model, image_shape, key)
 
 
-def init_vae(config: ml_collections.ConfigDict, key: jax.Array, image_shape: tuple[int, ...], *,
-             abstract: bool = False):
-  """(module, params); abstract: shapes only (a template for restoring), no computation."""
-  module = build.vae(config.vae.model)
-  return module, _init(module, key, jnp.zeros((1,) + tuple(image_shape)), abstract=abstract)
-
-
-def init_score_net(config: ml_collections.ConfigDict, key: jax.Array, latent_shape: tuple[int, ...], *,
-                   abstract: bool = False):
+def init_score_net(config: ml_collections.ConfigDict, key: jax.Array | None, latent_shape: tuple[int, ...]):
+  """(module, params) of config.score_net; key None: shapes only."""
   if config.score_net.get("dropout", 0.0):
     # The objectives call the network with train=False and no dropout key: refuse rather than
     # silently train without the dropout the config asks for.
     raise ValueError("score_net.dropout > 0 is not supported by the training stages yet; set it to 0.")
-  module = build.score_net(config.score_net)
-  return module, _init(module, key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)),
-                       abstract=abstract)
-
-
-def init_gate(config: ml_collections.ConfigDict, key: jax.Array, latent_shape: tuple[int, ...], *,
-              abstract: bool = False):
-  module = build.gate(config.gate)
-  return module, _init(module, key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)),
-                       abstract=abstract)
+  return build.score_net_and_params(config.score_net, latent_shape, key)
 
 
 def init_ldm(config: ml_collections.ConfigDict, latent_shape, *, abstract: bool = False):
-  """(score network, gate or None, {"score": ..., ["gate": ...]}) of the `ldm` stage."""
+  """(score network, gate or None, {"score": ..., ["gate": ...]}) of the `ldm` stage (shapes only when
+  abstract)."""
   key_score, key_gate = jax.random.split(jax.random.PRNGKey(config.seed + 2))
-  score_net, score_params = init_score_net(config, key_score, latent_shape, abstract=abstract)
+  if abstract:
+    key_score = key_gate = None
+  score_net, score_params = init_score_net(config, key_score, latent_shape)
   params, gate = {"score": score_params}, None
-  if config.ldm.target in ("critic_gate", "critic_gate_prior"):
-    gate, params["gate"] = init_gate(config, key_gate, latent_shape, abstract=abstract)
+  if score_targets.get(config.ldm.target).needs_gate:
+    gate, params["gate"] = build.gate_and_params(config.gate, latent_shape, key_gate)
   return score_net, gate, params
 
 
@@ -134,8 +119,9 @@ def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, stage: s
 
 def trained_cotrain(config: ml_collections.ConfigDict, workdir: str, image_shape):
   """(VAE module, score network, {"vae": ..., "score": ...}) of the finished `cotrain` stage."""
-  vae, vae_params = init_vae(config, None, image_shape, abstract=True)
-  score_net, score_params = init_score_net(config, None, latent_shape_of(vae, image_shape), abstract=True)
+  vae, vae_params = init_vae(config, None, image_shape)
+  score_net, score_params = init_score_net(config, None,
+                                           latent_space.of(config).latent_shape(vae, image_shape))
   params = restore_ema_params(config, workdir, "cotrain", {"vae": vae_params, "score": score_params})
   return vae, score_net, params
 
@@ -143,7 +129,7 @@ def trained_cotrain(config: ml_collections.ConfigDict, workdir: str, image_shape
 def trained_vae(config: ml_collections.ConfigDict, workdir: str, source: str, image_shape):
   """(module, params) of the VAE trained by stage `source` ('vae' or 'cotrain')."""
   if source == "vae":
-    module, params = init_vae(config, None, image_shape, abstract=True)
+    module, params = init_vae(config, None, image_shape)
     return module, restore_ema_params(config, workdir, "vae", params)
   if source == "cotrain":
     module, _, params = trained_cotrain(config, workdir, image_shape)
@@ -157,11 +143,6 @@ def encoded_training_set(config: ml_collections.ConfigDict, workdir: str,
   images = train_images(config)
   module, params = trained_vae(config, workdir, vae_source, images.shape[1:])
   return encode_all(module, params, images)
-
-
-def latent_shape_of(vae_module, image_shape) -> tuple[int, ...]:
-  factor = vae_module.downsample_factor
-  return (image_shape[0] // factor, image_shape[1] // factor, vae_module.latent_channels)
 
 
 @functools.partial(jax.jit, static_argnames="vae_module")
@@ -181,30 +162,16 @@ def encode_all(vae_module, params, images: np.ndarray, batch_size: int = 500) ->
   return np.concatenate(means), np.concatenate(logvars)
 
 
-@functools.lru_cache(maxsize=4)
-def _toy_field(depth: int, components_per_branch: int, seed: int, data_std: float):
-  return toy2d.fractal_tree_field(depth, components_per_branch, seed, data_std)
-
-
-def toy_field(config: ml_collections.ConfigDict):
-  """(means [K, 2], logvars [K, 2], log_weights [K]) of the 2-D toy."""
-  field = config.data.field
-  return _toy_field(field.depth, field.components_per_branch, field.seed, field.data_std)
-
-
 def posterior_dataset(config: ml_collections.ConfigDict, workdir: str, vae_source: str):
   """The posteriors the latent diffusion model learns the aggregate of: (mean, logvar) [N, ...].
 
-  Images: the frozen VAE's encoder over the training set (encoded once; z0 is drawn afresh each step
-  from these). The 2-D toy: config.data.num_points components drawn by weight (each component plays
-  the posterior of one 'image').
+  A space with a VAE: the frozen VAE's encoder over the training set (encoded once; z0 is drawn afresh
+  each step from these). The 2-D toy: its components drawn by weight (latent_space.Toy.posteriors).
   """
-  if config.data.name == TOY:
-    means, logvars, log_weights = toy_field(config)
-    rng = np.random.default_rng(config.seed)
-    idx = rng.choice(means.shape[0], config.data.num_points, p=np.exp(log_weights))
-    return means[idx].astype(np.float32), logvars[idx].astype(np.float32)
-  return encoded_training_set(config, workdir, vae_source)
+  space = latent_space.of(config)
+  if space.has_vae:
+    return encoded_training_set(config, workdir, vae_source)
+  return space.posteriors()
 
 
 # What a trained stage's checkpoints depend on. Rerunning a workdir with a changed setting used to reuse
@@ -233,10 +200,10 @@ class ConfigDriftError(ValueError):
 def upstream_stages(config: ml_collections.ConfigDict, stage: str) -> tuple[str, ...]:
   """The trained stages whose results `stage` trains on: the frozen VAE of an image `ldm` (and the VAE
   that the latent statistics of `critic_gate_prior` come from)."""
-  if stage != "ldm" or config.data.name == TOY:
+  if stage != "ldm" or not latent_space.of(config).has_vae:
     return ()
   sources = [config.ldm.vae_source]
-  if config.ldm.target == "critic_gate_prior":
+  if score_targets.get(config.ldm.target).needs_prior:
     sources.append(config.stats.vae_source)
   return tuple(dict.fromkeys(sources))
 
@@ -255,7 +222,7 @@ def stage_settings(config: ml_collections.ConfigDict, stage: str) -> dict[str, A
   """{"group.key...": value} of every setting `stage`'s checkpoints depend on (JSON values: tuples
   are lists), those of its upstream stages included, the exempt ones left out."""
   groups = set(STAGE_GROUPS[stage]).union(*(STAGE_GROUPS[s] for s in upstream_stages(config, stage)))
-  if stage == "ldm" and config.ldm.target == "critic_gate_prior":
+  if stage == "ldm" and score_targets.get(config.ldm.target).needs_prior:
     groups.add("stats")
   flat = _flatten(config.to_dict())
   kept = {key: value for key, value in sorted(flat.items())

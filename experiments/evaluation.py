@@ -41,10 +41,7 @@ from absl import logging
 
 from cgdiff import chunks, diagnostics, plots, records, samplers, targets
 from cgdiff.metrics import banks, fid, inception, inception_weights, projections, sw2
-from experiments import common, sampling
-
-TRAINED_STAGES = ("vae", "ldm", "cotrain")
-
+from experiments import common, latent_space, sampling
 
 class _Timer:
   """Wall seconds of named parts of an evaluation: `with timer("sampling"): ...`."""
@@ -91,7 +88,7 @@ def inception_chunks(store: chunks.ChunkStore, variables: Any, decode: Callable[
 def training_logs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, list[dict]]:
   """{stage: metrics.jsonl records} of every trained stage of `config` present (a shared VAE's too)."""
   logs = {}
-  for stage in TRAINED_STAGES:
+  for stage in common.STAGE_GROUPS:  # the training stages
     path = os.path.join(common.stage_dir(config, workdir, stage), "metrics.jsonl")
     if os.path.exists(path):
       with open(path) as f:
@@ -100,7 +97,8 @@ def training_logs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  if config.data.name == common.TOY:
+  space = latent_space.of(config)
+  if not space.has_vae:
     raise ValueError("the `eval` stage is for image data; the 2-D toy's `sample` stage scores its "
                      "samples against the exact field (SW2).")
   cfg, sample_cfg = config.eval, config.sample
@@ -172,7 +170,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics = {"sw2_squared": sw2_squared, "sw2": float(np.sqrt(sw2_squared)),
              "sw2_squared_real_vs_real_mean": floor["mean"], "sw2_squared_real_vs_real_std": floor["std"]}
 
-  decode = functools.partial(sampling.decode, networks)
+  decode = functools.partial(space.decode, networks.vae, networks.vae_params)
   fid_fields = {}
   if cfg.fid:
     fid_metrics, fid_fields, more_stores = _fid(config, decode, store, latents, reference,

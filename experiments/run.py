@@ -15,7 +15,8 @@ from ml_collections import config_flags
 
 from cgdiff import records
 from cgdiff.train import checkpoint, devices
-from experiments import common, evaluation, exact_field, sampling, training, validation
+from experiments import common, validation
+from experiments import stages as stages_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -31,38 +32,22 @@ flags.DEFINE_string("cpu_devices", devices.AUTO, "JAX CPU devices for data-paral
                     "GPUs are unaffected.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# The stages that train with cgdiff.train.loop (pmapped over the devices), by their config group.
-TRAINING_STAGES = ("vae", "ldm", "cotrain")
-# Errors a user meets in normal use, whose message says what is wrong and how to go on: printed as that
-# paragraph, without a traceback (which would bury it). Other errors keep their traceback.
-USER_ERRORS = (checkpoint.CheckpointError, common.ConfigDriftError)
-
-STAGES = {
-    "exact_field": exact_field.run,
-    "vae": training.run_vae,
-    "stats": training.run_stats,
-    "ldm": training.run_ldm,
-    "cotrain": training.run_cotrain,
-    "sample": sampling.run,
-    "eval": evaluation.run,
-}
-
 
 def run_stages(config, workdir: str, stages: tuple[str, ...] | None = None) -> None:
   """Runs `stages` (default: config.stages) on `workdir`, in order, once the whole config and the
   workdir have passed their checks (validation.UserError where they do not)."""
   stages = tuple(config.stages if stages is None else stages)
-  validation.check_run(config, stages, STAGES, workdir)
+  validation.check_run(config, stages, stages_lib.STAGES, workdir)
   logging.info("cgdiff at commit %s", records.git_commit())  # fixed now, before any stage runs
   for stage in stages:
     logging.info("stage %s -> %s", stage, workdir)
-    STAGES[stage](config, workdir)
+    stages_lib.STAGES[stage].run(config, workdir)
 
 
 def training_batch_sizes(config, stages: tuple[str, ...] | None = None) -> list[int]:
   """The global batch sizes of the training stages among `stages` (default: config.stages)."""
   stages = tuple(config.stages if stages is None else stages)
-  return [config[stage].training.batch_size for stage in TRAINING_STAGES if stage in stages]
+  return [config[stage].training.batch_size for stage in stages_lib.training_stages(stages)]
 
 
 class _QuietOrbax:
@@ -98,7 +83,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
   stages = tuple(FLAGS.config.stages if FLAGS.stages is None else FLAGS.stages)
   # Before the device count is chosen from the batch sizes (run_stages checks again: a no-op here).
-  validation.check_run(FLAGS.config, stages, STAGES, FLAGS.workdir)
+  validation.check_run(FLAGS.config, stages, stages_lib.STAGES, FLAGS.workdir)
   if FLAGS.distributed:
     # Multi-host runs keep JAX's CPU device count: a host's share of the batch is known only after this.
     import jax  # pylint: disable=g-import-not-at-top

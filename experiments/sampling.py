@@ -17,9 +17,8 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from cgdiff import plots, records, samplers, targets
-from cgdiff.metrics import sw2
-from experiments import common
+from cgdiff import records, samplers
+from experiments import common, latent_space
 
 
 SCORE_SOURCES = ("ldm", "cotrain")  # the stages that train a score network (config.sample.score_source)
@@ -44,20 +43,19 @@ def trained_networks(config: ml_collections.ConfigDict, workdir: str) -> Trained
   config.ldm.vae_source (no VAE for the 2-D toy); 'cotrain': both networks from the `cotrain` checkpoint.
   """
   source = config.sample.score_source
-  toy = config.data.name == common.TOY
+  space = latent_space.of(config)
   if source == "cotrain":
-    if toy:
-      raise ValueError("the 2-D toy has no VAE to co-train; sample it with score_source 'ldm'.")
+    if not space.has_vae:
+      raise ValueError(f"{config.data.name} has no VAE to co-train; sample it with score_source 'ldm'.")
     vae, net, params = common.trained_cotrain(config, workdir, config.data.image_shape)
-    return TrainedNetworks(vae, params["vae"], net, params["score"], None, None,
-                           common.latent_shape_of(vae, config.data.image_shape),
+    return TrainedNetworks(vae, params["vae"], net, params["score"], None, None, space.latent_shape(vae),
                            common.latest_step(config, workdir, "cotrain"))
   if source != "ldm":
     raise ValueError(f"unknown score source {source!r}; expected one of {SCORE_SOURCES}.")
-  vae, vae_params, latent_shape = None, None, (2,)
-  if not toy:
+  vae, vae_params = None, None
+  if space.has_vae:
     vae, vae_params = common.trained_vae(config, workdir, config.ldm.vae_source, config.data.image_shape)
-    latent_shape = common.latent_shape_of(vae, config.data.image_shape)
+  latent_shape = space.latent_shape(vae)
   net, gate, params = common.init_ldm(config, latent_shape, abstract=True)
   params = common.restore_ema_params(config, workdir, "ldm", params)
   return TrainedNetworks(vae, vae_params, net, params["score"], gate, params.get("gate"), latent_shape,
@@ -71,12 +69,7 @@ BatchSampler = Callable[[jax.Array, Any], jax.Array]
 def _sample_batch(params, key, initial, *, net, schedule, method, num_steps, shape):
   """samplers.sample with the score network's parameters as an argument: one compilation per network,
   sampler and shape for the whole process (modules and schedules compare by value)."""
-
-  def score_fn(z, t):  # s = -eps_hat / sigma (MATH.md section 2)
-    sigma = schedule.sigma(t).reshape((-1,) + (1,) * (z.ndim - 1))
-    return targets.eps_to_score(net.apply(params, z, t), sigma)
-
-  return samplers.sample(score_fn, schedule, key, shape, method=method, num_steps=num_steps, z_init=initial)
+  return samplers.sample(samplers.score_from_eps(net.apply, params, schedule), schedule, key, shape, method=method, num_steps=num_steps, z_init=initial)
 
 
 def batch_sampler(config: ml_collections.ConfigDict, networks: TrainedNetworks, *, method: str,
@@ -126,28 +119,8 @@ def draw_latents(config: ml_collections.ConfigDict, networks: TrainedNetworks, *
                      progress=f"{method} x {num_steps}" if progress else None)
 
 
-@functools.partial(jax.jit, static_argnames="vae")
-def _decode_batch(params, z, *, vae):
-  return vae.apply(params, z, method=vae.decode)
-
-
-def decode(networks: TrainedNetworks, latents: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """Images in [-1, 1] (float32, the decoder's raw output clipped) of latents [N, h, w, C], decoded in
-  batches of `batch_size` (one compilation per VAE and batch shape for the process)."""
-  images = np.concatenate([np.asarray(_decode_batch(networks.vae_params, latents[i:i + batch_size],
-                                                    vae=networks.vae))
-                           for i in range(0, len(latents), batch_size)])
-  return np.clip(images, -1.0, 1.0)
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> uint8 pixels, as a PNG would store them."""
-  return np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = config.sample
-  toy = config.data.name == common.TOY
   networks = trained_networks(config, workdir)
   start = time.perf_counter()
   latents = draw_latents(config, networks, method=cfg.method, num_steps=cfg.num_steps,
@@ -161,21 +134,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "num_steps": cfg.num_steps, "nfe": samplers.nfe(cfg.method, cfg.num_steps),
             "num_samples": int(latents.shape[0]), "training_step": networks.training_step,
             "wall_seconds": seconds}
-  if toy:
-    means, logvars, log_weights = common.toy_field(config)
-    _, exact = targets.sample_gaussian_field(jax.random.PRNGKey(config.seed + 6), means, logvars,
-                                             log_weights, latents.shape[0])
-    exact = np.asarray(exact)
-    bank = sw2.projection_bank(2, 128, seed=config.seed)
-    fields["sw2_squared_vs_exact"] = sw2.sliced_wasserstein2(latents, exact, bank)
-    fields["figure"] = plots.plot_samples_2d(exact, {name: latents}, os.path.join(out_dir, f"{name}.png"))
-    np.savez(os.path.join(out_dir, f"{name}.npz"), latents=latents)
-  else:
-    images = decode(networks, latents)
-    np.savez(os.path.join(out_dir, f"{name}.npz"), latents=latents, images=to_uint8(images))
-    fields["figure"] = plots.plot_image_grid(
-        images, os.path.join(out_dir, f"{name}.png"),
-        title=f"{config.data.name}: {cfg.score_source}, {cfg.method} x {cfg.num_steps} (NFE {fields['nfe']})")
+  fields.update(latent_space.of(config).write_samples(
+      out_dir, name, latents, vae=networks.vae, vae_params=networks.vae_params,
+      title=f"{cfg.score_source}, {cfg.method} x {cfg.num_steps} (NFE {fields['nfe']})"))
   record = records.run_record(config, **fields)
   records.write_json(os.path.join(out_dir, f"{name}.json"), record)
   logging.info("sampled %d latents with %s x %d in %.1f s -> %s", latents.shape[0], cfg.method,

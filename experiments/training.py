@@ -15,9 +15,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cgdiff import latent_stats, objectives, targets
+from cgdiff import latent_stats, objectives, score_targets, targets
 from cgdiff.train import train
-from experiments import common
+from experiments import common, latent_space
 
 
 def run_vae(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -53,12 +53,12 @@ def run_stats(config: ml_collections.ConfigDict, workdir: str) -> latent_stats.L
 def ldm_loss_fn(config: ml_collections.ConfigDict, workdir: str, latent_shape):
   """(loss_fn, initial params) of the latent diffusion objective config.ldm.target."""
   score_net, gate, params = common.init_ldm(config, latent_shape)
-  gate_fn, prior = (gate.apply if gate else None), None
-  if config.ldm.target == "critic_gate_prior":
+  prior = None
+  if score_targets.get(config.ldm.target).needs_prior:
     prior = latent_stats.LatentStats.load(common.stage_dir(config, workdir, "stats")).as_prior()
-  loss_fn = functools.partial(objectives.diffusion_loss, eps_fn=score_net.apply,
-                              schedule=common.schedule(config), target=config.ldm.target,
-                              gate_fn=gate_fn, prior=prior)
+  loss_fn = objectives.diffusion_loss_fn(config.ldm.target, eps_fn=score_net.apply,
+                                         schedule=common.schedule(config),
+                                         gate_fn=gate.apply if gate else None, prior=prior)
   return loss_fn, params
 
 
@@ -79,8 +79,8 @@ def run_cotrain(config: ml_collections.ConfigDict, workdir: str) -> None:
   common.record_stage_settings(config, workdir, "cotrain")
   key_vae, key_score = jax.random.split(jax.random.PRNGKey(config.seed))
   vae, vae_params = common.init_vae(config, key_vae, images.shape[1:])
-  score_net, score_params = common.init_score_net(config, key_score,
-                                                  common.latent_shape_of(vae, images.shape[1:]))
+  score_net, score_params = common.init_score_net(
+      config, key_score, latent_space.of(config).latent_shape(vae, images.shape[1:]))
   cfg = config.cotrain
   loss_fn = functools.partial(
       objectives.cotrain_loss,

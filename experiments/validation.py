@@ -8,7 +8,7 @@ bug or a failure of the environment and keeps its traceback.
 `check_config` reads the WHOLE config, not only the groups of the stages to run, so that a bad value
 is found before hours of training rather than when its stage starts; it reports every problem at
 once. Each check takes its valid values from the module that owns the choice (samplers.METHODS,
-objectives.SCORE_TARGETS, schedules.make, ...), and none computes anything with JAX: run.py calls it
+score_targets.names(), schedules.make, ...), and none computes anything with JAX: run.py calls it
 before the CPU device count is fixed.
 """
 
@@ -23,11 +23,11 @@ from typing import Any, Callable, Collection, Iterable, Sequence
 import ml_collections
 from ml_collections.config_flags import config_path
 
-from cgdiff import _checks, objectives, samplers, schedules
+from cgdiff import _checks, objectives, samplers, schedules, score_targets
 from cgdiff.data import pipeline
 from cgdiff.models import build, gate
 from cgdiff.train import state
-from experiments import common, sampling
+from experiments import common, latent_space, sampling
 
 # The config groups with a `training` group (cgdiff.train's optimizer and loop settings).
 TRAINING_GROUPS = ("vae", "ldm", "cotrain")
@@ -182,7 +182,7 @@ def config_problems(config: ml_collections.ConfigDict, stages: Sequence[str],
   if "gate" in config:
     p.choice("gate.granularity", gate.GRANULARITIES)
   if "ldm" in config:
-    p.choice("ldm.target", objectives.SCORE_TARGETS)
+    p.choice("ldm.target", score_targets.names())
     p.choice("ldm.vae_source", common.VAE_SOURCES)
   if "cotrain" in config:
     p.choice("cotrain.score_target", objectives.COTRAIN_SCORE_TARGETS)
@@ -205,9 +205,9 @@ def config_problems(config: ml_collections.ConfigDict, stages: Sequence[str],
 
 
 def _check_data(p: _Problems) -> None:
-  p.choice("data.name", pipeline.SOURCES + (common.TOY,))
+  p.choice("data.name", latent_space.DATA_NAMES)
   name = p.peek("data.name")
-  if name == common.TOY:
+  if name == latent_space.TOY:
     p.integers("data", ["num_points"])
   elif isinstance(name, str) and name in pipeline.SOURCES and p.has("data.kwargs"):
     unknown = sorted(set(p.peek("data.kwargs")) - set(pipeline.SOURCE_KWARGS[name]))

@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 
 # pylint: disable=wrong-import-position
 from benchmarks import run, torch_models, torch_steps
-from cgdiff import samplers, schedules, targets
+from cgdiff import samplers, schedules
 from cgdiff.models import build
 from cgdiff.metrics import inception_weights
 from configs import base as base_config
@@ -137,7 +137,7 @@ def test_rk4_sampler_matches_cgdiff():
   schedule = schedules.cosine(**CONFIG.schedule.kwargs)
   comparator = torch_steps.CosineSchedule(**CONFIG.schedule.kwargs.to_dict())
   z = jnp.asarray(np.random.default_rng(3).standard_normal((5, 8, 8, 4)), jnp.float32)
-  score_fn = lambda zz, tt: targets.eps_to_score(c * zz, schedule.sigma(tt).reshape(-1, 1, 1, 1))
+  score_fn = samplers.score_from_eps(lambda params, zz, tt: c * zz, None, schedule)
   expected = samplers.sample(score_fn, schedule, jax.random.PRNGKey(0), z.shape, method="rk4", num_steps=3,
                              z_init=z)
   got = torch_steps.sample(lambda zz, tt: c * zz, comparator, (5, 4, 8, 8), method="rk4", num_steps=3,

@@ -6,15 +6,13 @@ import glob
 import importlib
 import os
 
-import jax
-import jax.numpy as jnp
 import pytest
 
-from cgdiff import objectives, samplers
+from cgdiff import records, samplers, score_targets
 from cgdiff.models import build
 from configs import fmnist_base
-from experiments import fmnist_rows
-from experiments import run as run_lib
+from experiments import common, fmnist_rows, latent_space
+from experiments import stages as stages_lib
 from experiments import validation
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
@@ -25,27 +23,22 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.pat
 def test_config_is_consistent(name):
   module = importlib.import_module(f"configs.{name}")
   config = module.get_config()
-  assert set(config.stages) <= set(run_lib.STAGES), config.stages
+  assert set(config.stages) <= set(stages_lib.STAGES), config.stages
   if "ldm" not in config or config.stages == ("exact_field",):
     return
-  assert config.ldm.target in objectives.SCORE_TARGETS
+  assert config.ldm.target in score_targets.names()
   assert config.sample.method in samplers.METHODS
-  if config.data.name == "toy2d":
-    latent = (2,)
-  else:
-    vae = build.vae(config.vae.model)
-    h, w, c = config.data.image_shape
-    assert c == config.vae.model.out_channels
-    jax.eval_shape(vae.init, jax.random.PRNGKey(0), jnp.zeros((1, h, w, c)))
-    latent = (h // vae.downsample_factor, w // vae.downsample_factor, vae.latent_channels)
-  net = build.score_net(config.score_net)
-  jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1,) + latent), jnp.zeros((1,)))
+  space, vae = latent_space.of(config), None
+  if space.has_vae:
+    assert config.data.image_shape[-1] == config.vae.model.out_channels
+    vae, _ = build.vae_and_params(config.vae.model, config.data.image_shape)  # shapes only
+  build.score_net_and_params(config.score_net, space.latent_shape(vae))
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_passes_the_checks_a_run_starts_with(name):
   config = importlib.import_module(f"configs.{name}").get_config()
-  assert validation.config_problems(config, config.stages, run_lib.STAGES) == []
+  assert validation.config_problems(config, config.stages, stages_lib.STAGES) == []
 
 
 # --- the Fashion-MNIST results rows (experiments/fmnist_rows.py, README "Protocol") ---------------------
@@ -108,3 +101,18 @@ def test_fmnist_rows_share_one_optimiser_and_budget():
   assert config.vae.training.num_steps == fmnist_base.EPOCHS * (60_000 // config.vae.training.batch_size)
   assert config.cotrain.kl_weight == config.vae.kl_weight
   assert set(ROW_DEFINITIONS) == set(fmnist_rows.BY_NAME)
+
+
+def test_the_stage_table_trains_exactly_the_stages_with_stored_settings():
+  """stages.STAGES' training stages are the ones whose checkpoints' settings common.STAGE_GROUPS names."""
+  assert {name for name, stage in stages_lib.STAGES.items() if stage.trains} == set(common.STAGE_GROUPS)
+
+
+@pytest.mark.parametrize("path", ["configs/quickstart.py", "configs/toy.py", "configs/demo.py"])
+def test_tiny_variants_load_and_unknown_variants_are_refused(path):
+  module = importlib.import_module(path[:-3].replace("/", "."))
+  tiny, full = module.get_config("tiny"), module.get_config()
+  assert validation.config_problems(tiny, tiny.stages, stages_lib.STAGES) == []
+  assert records.config_hash(tiny) != records.config_hash(full)
+  with pytest.raises(ValueError, match="tiny"):
+    module.get_config("huge")

@@ -70,13 +70,7 @@ def test_records_have_provenance_and_are_written_atomically(tmp_path):
 
 
 def tiny_demo_config():
-  config = demo.get_config()
-  config.unlock()
-  config.exact_field.field.update(depth=2, components_per_branch=4)
-  config.exact_field.variance.update(num_times=3, num_points=2, num_draws=64)
-  config.exact_field.sampling.update(methods=("heun_pc", "rk4"), steps=(4,), num_samples=128,
-                                     num_projections=16, num_null_sets=2)
-  return config
+  return demo.get_config("tiny")
 
 
 def test_demo_stage_runs_end_to_end(tmp_path):

@@ -38,13 +38,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cgdiff import objectives, samplers, schedules
+from cgdiff import objectives, samplers, schedules, score_targets
 from cgdiff.data import pipeline
 from cgdiff.models import build, gate
 from cgdiff.train import TrainLoopConfig, checkpoint, create_state, make_optimizer, state, train, writers
 from configs import quickstart, toy
-from experiments import common, sampling, validation
+from experiments import common, latent_space, sampling, validation
 from experiments import run as run_lib
+from experiments import stages as stages_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_KEYS = ("steps_per_sec", "examples_per_sec")  # wall-clock rates: the only values a rerun changes
@@ -823,11 +824,11 @@ def test_config_arguments_are_read_as_the_config_flag_reads_them():
 
 # Each enumerated choice, a bad value for it, and the registry of the module that owns the choice.
 CHOICES = [
-    ("data.name", "imagenet", lambda: pipeline.SOURCES + (common.TOY,)),
+    ("data.name", "imagenet", lambda: latent_space.DATA_NAMES),
     ("schedule.name", "sigmoid", lambda: schedules.SCHEDULES),
     ("vae.kl", "none", lambda: objectives.KL_KINDS),
     ("cotrain.kl", "none", lambda: objectives.KL_KINDS),
-    ("ldm.target", "foo", lambda: objectives.SCORE_TARGETS),
+    ("ldm.target", "foo", lambda: score_targets.names()),
     ("ldm.vae_source", "ldm", lambda: common.VAE_SOURCES),
     ("stats.vae_source", "ldm", lambda: common.VAE_SOURCES),
     ("cotrain.score_target", "critic_gate", lambda: objectives.COTRAIN_SCORE_TARGETS),
@@ -863,7 +864,7 @@ def test_every_config_problem_is_reported_at_once_with_the_owners_valid_values()
     _set(config, key, bad)
   for key, minimum in COUNTS:
     _set(config, key, minimum - 1)
-  problems = validation.config_problems(config, config.stages, run_lib.STAGES)
+  problems = validation.config_problems(config, config.stages, stages_lib.STAGES)
   # schedule.name is unknown, so its kwargs are not tried; one problem per bad key, no more.
   assert len(problems) == len(CHOICES) + len(COUNTS), "\n".join(problems)
   for key, bad, valid in CHOICES:
@@ -876,18 +877,18 @@ def test_every_config_problem_is_reported_at_once_with_the_owners_valid_values()
 
 
 @pytest.mark.parametrize("key, registry", [("sample.method", (samplers, "METHODS")),
-                                           ("ldm.target", (objectives, "SCORE_TARGETS")),
+                                           ("ldm.target", (score_targets, "TARGETS")),
                                            ("score_net.kind", (build, "SCORE_NETS"))])
 def test_choices_are_read_from_the_owning_module_not_a_copy(monkeypatch, key, registry):
   """A name the owner registers is valid at once; one it drops is invalid at once."""
   module, name = registry
   config = quickstart.get_config()
   _set(config, key, "newly_registered")
-  assert any(key in p for p in validation.config_problems(config, config.stages, run_lib.STAGES))
+  assert any(key in p for p in validation.config_problems(config, config.stages, stages_lib.STAGES))
   owned = getattr(module, name)
   extended = ({**owned, "newly_registered": None} if isinstance(owned, dict) else owned + ("newly_registered",))
   monkeypatch.setattr(module, name, extended)
-  assert validation.config_problems(config, config.stages, run_lib.STAGES) == []
+  assert validation.config_problems(config, config.stages, stages_lib.STAGES) == []
 
 
 @pytest.mark.parametrize("kwargs, match", [({"t_min": 1e-3, "t_max": 1.0}, "needs t_max < 1"),
@@ -896,19 +897,19 @@ def test_choices_are_read_from_the_owning_module_not_a_copy(monkeypatch, key, re
 def test_the_schedule_is_built_from_the_config(kwargs, match):
   config = quickstart.get_config()
   config.schedule.kwargs = kwargs
-  (problem,) = validation.config_problems(config, config.stages, run_lib.STAGES)
+  (problem,) = validation.config_problems(config, config.stages, stages_lib.STAGES)
   assert problem.startswith("schedule 'cosine' with schedule.kwargs:") and match in problem, problem
 
 
 def test_stages_and_their_config_groups():
   config = quickstart.get_config()
-  problems = validation.config_problems(config, ("vae", "trian", "exact_field"), run_lib.STAGES)
-  assert problems == [f"stage='trian' is not one of {', '.join(map(repr, sorted(run_lib.STAGES)))}",
+  problems = validation.config_problems(config, ("vae", "trian", "exact_field"), stages_lib.STAGES)
+  assert problems == [f"stage='trian' is not one of {', '.join(map(repr, sorted(stages_lib.STAGES)))}",
                       "stage 'exact_field' needs the config group 'exact_field', which the config lacks"]
 
 
 def test_unknown_data_kwargs_are_named():
   config = quickstart.get_config()
   config.data.kwargs = {"num_images": 8, "chanels": 1}
-  assert validation.config_problems(config, config.stages, run_lib.STAGES) == [
+  assert validation.config_problems(config, config.stages, stages_lib.STAGES) == [
       "data.kwargs has chanels, which data 'synthetic' does not take (it takes num_images, channels, seed)"]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cgdiff import objectives, schedules, targets
+from cgdiff import objectives, schedules, score_targets, targets
 
 SCHEDULE = schedules.cosine()
 B, SHAPE = 16, (4, 4, 2)
@@ -281,3 +281,27 @@ def test_prior_csem_gate_has_a_degenerate_zero_loss_optimum():
   lsi_loss, _ = objectives.diffusion_loss(params, (mean, logvar), keys(), eps_fn=gaussian_critic,
                                           schedule=SCHEDULE, target="lsi")
   assert float(lsi_loss) > 0.05
+
+
+def test_the_registry_says_what_each_target_needs():
+  assert score_targets.names() == ("tweedie", "lsi", "critic_gate", "critic_gate_prior")
+  assert score_targets.names(gate=True) == ("critic_gate", "critic_gate_prior")
+  assert score_targets.names(prior=True) == ("critic_gate_prior",)
+  assert objectives.COTRAIN_SCORE_TARGETS == ("tweedie", "lsi")
+
+
+def test_diffusion_loss_fn_refuses_a_missing_or_an_unused_gate_or_prior():
+  gate_fn = lambda p, z, t: jnp.full(z.shape[:1] + (1,) * (z.ndim - 1), 0.5)
+  prior = (jnp.zeros(SHAPE), jnp.zeros(SHAPE))
+  build = functools.partial(objectives.diffusion_loss_fn, eps_fn=zero_net, schedule=SCHEDULE)
+  for target, kwargs in [("critic_gate", {}), ("critic_gate_prior", {"gate_fn": gate_fn}),
+                         ("tweedie", {"gate_fn": gate_fn}), ("lsi", {"prior": prior})]:
+    with pytest.raises(ValueError, match=target):
+      build(target, **kwargs)
+  with pytest.raises(ValueError, match="unknown score target 'dsm'"):
+    build("dsm")
+  mean, logvar = posterior()
+  loss_fn = build("critic_gate_prior", gate_fn=gate_fn, prior=prior)
+  direct = objectives.diffusion_loss({"score": None, "gate": None}, (mean, logvar), keys(), eps_fn=zero_net,
+                                     schedule=SCHEDULE, target="critic_gate_prior", gate_fn=gate_fn, prior=prior)
+  chex.assert_trees_all_equal(loss_fn({"score": None, "gate": None}, (mean, logvar), keys()), direct)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,24 +15,13 @@ from configs import quickstart, toy
 from experiments import common
 from experiments import run as run_lib
 
-
-def tiny(config, steps: int = 2):
-  config.unlock()
-  for group in (config.vae, config.ldm, config.cotrain):
-    group.training.update(num_steps=steps, batch_size=8, log_every=1, checkpoint_every=steps,
-                          warmup_steps=0, tensorboard=False)
-  return config
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_images():
-  config = tiny(quickstart.get_config())
-  config.data.kwargs = {"num_images": 32, "channels": 3, "seed": 0}
-  config.vae.model.channels = (8, 8, 8)
-  config.score_net.update(base_channels=8, channel_mults=(1,), num_res_blocks=1, num_heads=1)
-  config.gate.update(hidden_channels=8)
-  config.sample.update(num_steps=2, num_samples=4, batch_size=4)
-  config.eval.update(num_samples=8, batch_size=4, num_reconstructions=4, num_reference=8, fid=False,
-                     sw2_projections=8, profile_times=3, profile_batch=4)
+  """configs/quickstart.py:tiny, unlocked for the tests' changes."""
+  config = quickstart.get_config("tiny")
+  config.unlock()
   return config
 
 
@@ -108,13 +99,17 @@ def test_later_stages_find_the_vae_of_either_source(image_workdir):
 
 @pytest.mark.parametrize("target", ["tweedie", "lsi", "critic_gate"])
 def test_toy_pipeline_measures_sw2_against_the_exact_field(tmp_path, target):
-  config = tiny(toy.get_config())
-  config.ldm.target = target
-  config.data.update(num_points=256, field={"depth": 2, "components_per_branch": 4, "seed": 0,
-                                            "data_std": 0.5})
-  config.score_net.update(hidden=16, num_layers=1)
-  config.sample.update(num_steps=2, num_samples=64, batch_size=64)
-  run_lib.run_stages(config, str(tmp_path))
+  if target == "tweedie":  # once through the user's own command, on the config file's tiny variant
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, "-m", "experiments.run", "--config=configs/toy.py:tiny",
+                           f"--workdir={tmp_path}", f"--config.ldm.target={target}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+  else:
+    config = toy.get_config("tiny")
+    config.ldm.target = target
+    run_lib.run_stages(config, str(tmp_path))
   record = json.load(open(tmp_path / "samples" / "ldm_rk4_2.json"))
   assert np.isfinite(record["sw2_squared_vs_exact"]) and record["nfe"] == 8
 

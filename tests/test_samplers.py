@@ -23,6 +23,14 @@ def field_score_fn(schedule, field):
   return score_fn
 
 
+def test_score_from_eps_is_minus_eps_over_sigma():
+  schedule = schedules.cosine()
+  z = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 2))
+  t = jnp.array([0.01, 0.5, 0.9])
+  score = samplers.score_from_eps(lambda params, zz, tt: params * zz, 0.3, schedule)(z, t)
+  np.testing.assert_allclose(score, -0.3 * z / schedule.sigma(t)[:, None, None, None], rtol=1e-6)
+
+
 FIELD_2D = random_field(3, 8, (2,), mean_scale=1.5, logvar_range=(-5.0, -1.0))
 
 

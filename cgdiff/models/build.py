@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cgdiff.models.gate import CriticGate
 from cgdiff.models.mlp import MLPScoreNet
@@ -54,3 +55,26 @@ def abstract_init(module: nn.Module, *example_inputs) -> Any:
   """The shapes and dtypes of module.init's parameters (jax.ShapeDtypeStruct leaves), computing
   nothing: the template to restore a checkpoint into."""
   return jax.eval_shape(module.init, jax.random.PRNGKey(0), *example_inputs)
+
+
+def initialised(module: nn.Module, key, *example_inputs) -> tuple[nn.Module, Any]:
+  """(module, parameters): init(module, key, ...) or, with key None, abstract_init (shapes only)."""
+  if key is None:
+    return module, abstract_init(module, *example_inputs)
+  return module, init(module, key, *example_inputs)
+
+
+def vae_and_params(config: Mapping[str, Any], image_shape: tuple[int, ...], key=None) -> tuple[VAE, Any]:
+  """The VAE of `config` and its parameters for images [B, *image_shape] (abstract when key is None)."""
+  return initialised(vae(config), key, jnp.zeros((1,) + tuple(image_shape)))
+
+
+def score_net_and_params(config: Mapping[str, Any], latent_shape: tuple[int, ...],
+                         key=None) -> tuple[nn.Module, Any]:
+  """The score network of `config` and its parameters for latents [B, *latent_shape] and times [B]."""
+  return initialised(score_net(config), key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)))
+
+
+def gate_and_params(config: Mapping[str, Any], latent_shape: tuple[int, ...], key=None) -> tuple[CriticGate, Any]:
+  """The critic gate of `config` and its parameters for latents [B, *latent_shape] and times [B]."""
+  return initialised(gate(config), key, jnp.zeros((1,) + tuple(latent_shape)), jnp.zeros((1,)))
