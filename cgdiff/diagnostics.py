@@ -18,13 +18,15 @@ TARGET_NAMES = ("tweedie", "csem", "lsi")
 
 def target_variance_profile(key: Array, means: Array, logvars: Array, log_weights: Array,
                             schedule: schedules_lib.Schedule, times: Array, *, num_points: int = 32,
-                            num_draws: int = 1024) -> dict[str, Array]:
+                            num_draws: int = 1024, gate_fn=None) -> dict[str, Array]:
   """Mean over z_t ~ p_t and over latent elements of Var(target | z_t), for each time; each [T].
 
   For each time, `num_points` z_t are drawn from the diffused field and, at each, `num_draws` exact
   draws of (i, z0) given z_t (targets.sample_gaussian_field_posterior). Also returns the mean oracle
   gate E[g*] under the same draws ("oracle_gate"). LSI's variance here is its mixture variance
-  Var(l | z_t), the irreducible part (002 eq. 14).
+  Var(l | z_t), the irreducible part (002 eq. 14). With gate_fn(z_t [B, ...], t [B]) -> g (a learned
+  gate), also "blend": Var((1 - g) a + g b | z_t), the critic-gate target with that gate (g depends on
+  z_t only, so it is one value per point).
   """
   means, logvars, log_weights = map(jnp.asarray, (means, logvars, log_weights))
 
@@ -41,6 +43,9 @@ def target_variance_profile(key: Array, means: Array, logvars: Array, log_weight
         "csem": targets.csem_score(z0s, mean, logvar, alpha),
         "lsi": targets.lsi_score(z_rep, mean, logvar, alpha, sigma),
     }
+    if gate_fn is not None:
+      gate = gate_fn(z_t, jnp.full((1,), t))  # [1, ...]: the same z_t for every draw
+      values["blend"] = targets.blend(values["csem"], values["tweedie"], gate)
     out = {name: jnp.mean(jnp.var(v, axis=0)) for name, v in values.items()}
     out["oracle_gate"] = jnp.mean(targets.oracle_gate(logvar, alpha, sigma))
     return out
@@ -95,6 +100,68 @@ def posterior_target_profile(key: Array, mean: Array, logvar: Array, schedule: s
       eps_hat = eps_fn(draw.z_t, t_batch)
       for name, value in eps_targets.items():
         out[f"residual_{name}"] = jnp.mean((value - eps_hat) ** 2)
+    return out
+
+  times = jnp.asarray(times)
+  return jax.lax.map(at_time, (times, jax.random.split(key, times.shape[0])))
+
+
+def gate_profile(key: Array, mean: Array, logvar: Array, schedule: schedules_lib.Schedule, times: Array, *,
+                 eps_fn, gate_fn=None, prior: score_targets.Prior | None = None,
+                 quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[str, Array]:
+  """A trained critic (and gate) on real posteriors N(mean, exp(logvar)) [B, ...] across time: the learned
+  gate against the oracle gate g* = sigma^2 / (sigma^2 + alpha^2 v) (MATH.md identity 3) and against
+  001's degenerate prior gate g_p = sigma^2 / (sigma^2 + alpha^2 v_agg) (MATH.md errata 4), and the
+  critic against LSI and against the score of the diffused Gaussian fit N(alpha m_agg, alpha^2 v_agg +
+  sigma^2), the zero-loss state of 001's prior-CSEM objective.
+
+  At each t in `times` [T], one (z0, z_t) per posterior. Returns, each [T] (means over batch and elements):
+    critic_vs_lsi       mean (eps_hat - eps_LSI)^2: the network's error + Var(eps_LSI | z_t) (the same
+                        for every network at t);
+    with `prior` (m_agg, logvar_agg), each z.shape[1:]:
+      critic_vs_gaussian  mean (eps_hat - eps_G)^2, eps_G = -sigma x the diffused Gaussian's score: ~0 in
+                          the degenerate state;
+      lsi_vs_gaussian     mean (eps_LSI - eps_G)^2, its scale for a critic that learnt the LSI mean;
+      prior_gate          mean g_p;
+    oracle_gate, oracle_gate_q<p>: mean and quantiles of g*;
+    with `gate_fn`: gate, gate_q<p> (its mean and quantiles), gate_to_oracle = mean |g - g*| and, with
+      `prior`, gate_to_prior = mean |g - g_p|.
+  eps_fn(z_t [B, ...], t [B]) and gate_fn(z_t, t) are closures over trained parameters.
+  """
+  mean, logvar = jnp.asarray(mean), jnp.asarray(logvar)
+
+  def summary(name, values, out):
+    out[name] = jnp.mean(values)
+    for q in quantiles:
+      out[f"{name}_q{round(100 * q)}"] = jnp.quantile(values, q)
+
+  def at_time(args):
+    t, key = args
+    k_vae, k_eps = jax.random.split(key)
+    t_batch = jnp.full(mean.shape[:1], t)
+    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+    z0 = targets.reparameterize(mean, logvar, jax.random.normal(k_vae, mean.shape))
+    eps = jax.random.normal(k_eps, mean.shape)
+    draw = score_targets.DiffusionDraw(z0, targets.diffuse(z0, eps, alpha, sigma), eps, mean, logvar,
+                                       alpha, sigma)
+    eps_hat = eps_fn(draw.z_t, t_batch)
+    eps_lsi = score_targets.lsi_eps(draw)
+    oracle = targets.oracle_gate(logvar, alpha, sigma)
+    out = {"critic_vs_lsi": jnp.mean((eps_hat - eps_lsi) ** 2)}
+    summary("oracle_gate", oracle, out)
+    if prior is not None:
+      gaussian = draw._replace(mean=jnp.broadcast_to(prior[0], mean.shape),
+                               logvar=jnp.broadcast_to(prior[1], mean.shape))
+      eps_gaussian = score_targets.lsi_eps(gaussian)  # LSI of one Gaussian: its diffused score
+      prior_gate = targets.oracle_gate(gaussian.logvar, alpha, sigma)
+      out.update(critic_vs_gaussian=jnp.mean((eps_hat - eps_gaussian) ** 2),
+                 lsi_vs_gaussian=jnp.mean((eps_lsi - eps_gaussian) ** 2), prior_gate=jnp.mean(prior_gate))
+    if gate_fn is not None:
+      gate = jnp.broadcast_to(gate_fn(draw.z_t, t_batch), mean.shape)
+      summary("gate", gate, out)
+      out["gate_to_oracle"] = jnp.mean(jnp.abs(gate - oracle))
+      if prior is not None:
+        out["gate_to_prior"] = jnp.mean(jnp.abs(gate - prior_gate))
     return out
 
   times = jnp.asarray(times)
