@@ -121,4 +121,11 @@ def get_config() -> ml_collections.ConfigDict:
       "chunk_size": 1000,
       "profile_times": 24, "profile_batch": 512,  # score targets and gate across time
   })
+  # Stage `diagnose` (experiments/diagnosis.py): gates and targets on real posteriors across time.
+  config.diagnose = ml_collections.ConfigDict({
+      "split": "test", "num_posteriors": 1000, "num_times": 24,
+      # Var(target | z_t) by exact posterior sampling on the field of the first field_components
+      # posteriors: num_points z_t per time, num_draws posterior draws at each.
+      "field_components": 2000, "num_points": 16, "num_draws": 256,
+  })
   return config

@@ -11,7 +11,7 @@ from configs import fmnist_a_lsi_cotrain
 
 def get_config():
   config = fmnist_a_lsi_cotrain.get_config()
-  config.stages = ("cotrain", "ldm", "eval")
+  config.stages = ("cotrain", "ldm", "eval", "diagnose")
   config.ldm.update(target="tweedie", vae_source="cotrain")
   config.sample.score_source = "ldm"
   return config

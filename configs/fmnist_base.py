@@ -57,7 +57,8 @@ def two_stage(target: str, granularity: str | None = None) -> ml_collections.Con
   """A two-stage row: the regular-KL VAE (the same for every two-stage row of a seed), then a latent
   diffusion prior on its frozen posteriors trained on `target`, with a gate of `granularity`."""
   config = get_config()
-  config.stages = ("vae", "stats", "ldm", "eval") if target == "critic_gate_prior" else ("vae", "ldm", "eval")
+  config.stages = (("vae", "stats", "ldm", "eval", "diagnose") if target == "critic_gate_prior"
+                   else ("vae", "ldm", "eval", "diagnose"))
   config.vae.kl = "regular"
   config.ldm.update(target=target, vae_source="vae")
   if granularity is not None:
@@ -69,7 +70,7 @@ def cotrained(kl: str, score_target: str) -> ml_collections.ConfigDict:
   """A co-trained row (002 Algorithm 1): VAE and score network together, the score loss reaching the
   encoder, sampled from the co-trained score network."""
   config = get_config()
-  config.stages = ("cotrain", "eval")
+  config.stages = ("cotrain", "eval", "diagnose")
   config.cotrain.update(kl=kl, score_target=score_target, encoder_score_gradient=True)
   config.sample.score_source = "cotrain"
   return config

@@ -40,6 +40,7 @@ def get_config(variant: str = ""):
     config.sample.update(num_steps=2, num_samples=4, batch_size=4)
     config.eval.update(num_samples=8, batch_size=4, num_reconstructions=4, num_reference=8, fid=False,
                        sw2_projections=8, profile_times=3, profile_batch=4)
+    config.diagnose.update(num_posteriors=8, num_times=3, field_components=8, num_points=2, num_draws=16)
   elif variant:
     raise ValueError(f"configs/quickstart.py has the variant 'tiny', not {variant!r}.")
   return config

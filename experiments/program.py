@@ -127,7 +127,8 @@ def planned_runs(root: str) -> list[Run]:
 
 # --- artefacts -----------------------------------------------------------------------------------------
 def copy_artefacts(run: Run, results: str) -> list[str]:
-  """Copies the run's small artefacts (eval records and figures, training logs and stage configs) to
+  """Copies the run's small artefacts (eval records and figures, the diagnose stage's record and figures
+  in diagnose/, training logs and stage configs) to
   <results>/<row>/s<seed>/ (the shared VAE's to <results>/<home>/s<seed>/); returns the paths written."""
   written = []
 
@@ -141,6 +142,8 @@ def copy_artefacts(run: Run, results: str) -> list[str]:
   for path in sorted(glob.glob(os.path.join(run.workdir, "eval", "*.json"))
                      + glob.glob(os.path.join(run.workdir, "eval", "*.png"))):
     copy(path, target)
+  for path in sorted(glob.glob(os.path.join(run.workdir, "diagnose", "*"))):
+    copy(path, os.path.join(target, "diagnose"))
   homes = [(run.workdir, target)]
   if run.vae_workdir:
     homes.append((run.vae_workdir, os.path.join(results, run.row.vae_home, f"s{run.seed}")))

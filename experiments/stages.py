@@ -10,7 +10,7 @@ from typing import Any, Callable, NamedTuple
 
 import ml_collections
 
-from experiments import evaluation, exact_field, sampling, training
+from experiments import diagnosis, evaluation, exact_field, sampling, training
 
 
 class Stage(NamedTuple):
@@ -26,6 +26,7 @@ STAGES: dict[str, Stage] = {
     "cotrain": Stage(training.run_cotrain, trains=True),
     "sample": Stage(sampling.run),
     "eval": Stage(evaluation.run),
+    "diagnose": Stage(diagnosis.run),
 }
 
 

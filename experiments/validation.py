@@ -199,6 +199,9 @@ def config_problems(config: ml_collections.ConfigDict, stages: Sequence[str],
                         "sw2_floor_draws", "chunk_size", "profile_times", "profile_batch"])
     p.integers("eval", ["num_samples"], minimum=2)  # a covariance needs two
     p.integers("eval", ["num_reference", "bank_seed"], minimum=0)  # num_reference 0: the whole split
+  if "diagnose" in config:
+    p.choice("diagnose.split", pipeline.SPLITS)
+    p.integers("diagnose", ["num_posteriors", "num_times", "field_components", "num_points", "num_draws"])
   if "exact_field" in config:
     _check_exact_field(p)
   return p.found

@@ -44,23 +44,23 @@ def test_config_passes_the_checks_a_run_starts_with(name):
 # --- the Fashion-MNIST results rows (experiments/fmnist_rows.py, README "Protocol") ---------------------
 # What defines each row; everything else must be fmnist_base's.
 ROW_DEFINITIONS = {
-    "c": {"stages": ("vae", "ldm", "eval"), "vae.kl": "regular", "ldm.target": "tweedie",
+    "c": {"stages": ("vae", "ldm", "eval", "diagnose"), "vae.kl": "regular", "ldm.target": "tweedie",
           "ldm.vae_source": "vae", "sample.score_source": "ldm"},
-    "lsi": {"stages": ("vae", "ldm", "eval"), "vae.kl": "regular", "ldm.target": "lsi",
+    "lsi": {"stages": ("vae", "ldm", "eval", "diagnose"), "vae.kl": "regular", "ldm.target": "lsi",
             "ldm.vae_source": "vae", "sample.score_source": "ldm"},
-    "cg_scalar": {"stages": ("vae", "ldm", "eval"), "vae.kl": "regular", "ldm.target": "critic_gate",
+    "cg_scalar": {"stages": ("vae", "ldm", "eval", "diagnose"), "vae.kl": "regular", "ldm.target": "critic_gate",
                   "ldm.vae_source": "vae", "gate.granularity": "example", "sample.score_source": "ldm"},
-    "cg_element": {"stages": ("vae", "ldm", "eval"), "vae.kl": "regular", "ldm.target": "critic_gate",
+    "cg_element": {"stages": ("vae", "ldm", "eval", "diagnose"), "vae.kl": "regular", "ldm.target": "critic_gate",
                    "ldm.vae_source": "vae", "gate.granularity": "element", "sample.score_source": "ldm"},
-    "cg_prior": {"stages": ("vae", "stats", "ldm", "eval"), "vae.kl": "regular",
+    "cg_prior": {"stages": ("vae", "stats", "ldm", "eval", "diagnose"), "vae.kl": "regular",
                  "ldm.target": "critic_gate_prior", "ldm.vae_source": "vae", "stats.vae_source": "vae",
                  "gate.granularity": "element", "sample.score_source": "ldm"},
-    "a": {"stages": ("cotrain", "eval"), "cotrain.kl": "modified", "cotrain.score_target": "lsi",
+    "a": {"stages": ("cotrain", "eval", "diagnose"), "cotrain.kl": "modified", "cotrain.score_target": "lsi",
           "cotrain.encoder_score_gradient": True, "sample.score_source": "cotrain"},
-    "b": {"stages": ("cotrain", "ldm", "eval"), "cotrain.kl": "modified", "cotrain.score_target": "lsi",
+    "b": {"stages": ("cotrain", "ldm", "eval", "diagnose"), "cotrain.kl": "modified", "cotrain.score_target": "lsi",
           "cotrain.encoder_score_gradient": True, "ldm.target": "tweedie", "ldm.vae_source": "cotrain",
           "sample.score_source": "ldm"},
-    "d": {"stages": ("cotrain", "eval"), "cotrain.kl": "regular", "cotrain.score_target": "tweedie",
+    "d": {"stages": ("cotrain", "eval", "diagnose"), "cotrain.kl": "regular", "cotrain.score_target": "tweedie",
           "cotrain.encoder_score_gradient": True, "sample.score_source": "cotrain"},
 }
 

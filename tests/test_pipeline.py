@@ -86,6 +86,40 @@ def test_eval_stage_writes_a_complete_record_and_every_figure(image_workdir, tmp
   assert record["wall_seconds"]["total"] > 0
 
 
+def test_diagnose_stage_compares_the_gate_with_g_star_and_g_p(image_workdir):
+  """001's prior-CSEM row: the gate against g* and against the g_p of the row's own latent statistics;
+  the co-trained network (no gate, no stats): the critic against the posteriors' Gaussian fit."""
+  config = tiny_images()
+  config.ldm.target = "critic_gate_prior"
+  run_lib.run_stages(config, image_workdir, ("diagnose",))
+  record = json.load(open(os.path.join(image_workdir, "diagnose", "ldm.json")))
+  gates = {k: np.asarray(v) for k, v in record["gates"].items()}
+  assert "latent statistics" in record["reference_gaussian"] and len(record["times"]) == 3
+  for name in ("gate", "gate_q10", "gate_q90", "oracle_gate", "prior_gate", "gate_to_oracle", "gate_to_prior",
+               "critic_vs_lsi", "critic_vs_gaussian", "lsi_vs_gaussian"):
+    assert gates[name].shape == (3,) and np.all(np.isfinite(gates[name])), name
+  assert np.all((gates["gate_q10"] <= gates["gate_q90"]) & (gates["gate_q90"] <= 1.0))
+  assert set(record["eps_variances"]) == {"tweedie", "csem", "lsi", "blend"}
+  for path in record["figures"].values():
+    assert os.path.getsize(path) > 1000, path
+  config.sample.score_source = "cotrain"
+  run_lib.run_stages(config, image_workdir, ("diagnose",))
+  record = json.load(open(os.path.join(image_workdir, "diagnose", "cotrain.json")))
+  assert "moment-matched" in record["reference_gaussian"] and "gate" not in record["gates"]
+  assert set(record["eps_variances"]) == {"tweedie", "csem", "lsi"}
+
+
+def test_gaussian_fit_matches_the_mixture_moments():
+  from experiments import diagnosis  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  mean = rng.normal(size=(50_000, 2)).astype(np.float32) * np.float32(2.0)
+  logvar = np.full((50_000, 2), np.log(0.5), np.float32)
+  m, lv = diagnosis.gaussian_fit(mean, logvar)
+  # E mu = 0 with sd 2 / sqrt(50000) = 0.009; v = 0.5 + 4 = 4.5 with sd 4 sqrt(2 / 50000) = 0.025.
+  np.testing.assert_allclose(m, 0.0, atol=0.045)
+  np.testing.assert_allclose(np.exp(lv), 4.5, atol=0.125)
+
+
 def test_later_stages_find_the_vae_of_either_source(image_workdir):
   """002's row (b) trains a prior on the co-trained VAE: `vae_source` picks the checkpoint."""
   config = tiny_images()
