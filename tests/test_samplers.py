@@ -39,7 +39,8 @@ NUM_SAMPLES = 16_384
 NUM_NULL = 30
 # Steps at which the discretisation error is below what NUM_SAMPLES samples resolve (measured).
 STEPS = {"euler_maruyama": 400, "heun_pc": 100, "heun_pc_seed": 200, "euler_ode": 200, "heun_ode": 50,
-         "rk4": 20, "ddim": 200, "ddpm": 500}
+         "rk4": 20, "ddim": 200}
+DISCRETE_STEPS = {"ddim": 200, "ddpm": 500}  # samplers.sample_discrete on 001's table
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def field_reference():
   return exact(jax.random.PRNGKey(10_000)), np.array(null), bank
 
 
-@pytest.mark.parametrize("method", list(STEPS))
+@pytest.mark.parametrize("method", list(STEPS) + [f"discrete_{m}" for m in DISCRETE_STEPS])
 def test_samplers_reproduce_the_field(method, field_reference):
   """Sample mean, covariance and SW2^2 against exact samples of the field.
 
@@ -65,10 +66,11 @@ def test_samplers_reproduce_the_field(method, field_reference):
   schedule = schedules.cosine()
   score_fn = field_score_fn(schedule, FIELD_2D)
   key = jax.random.PRNGKey(1)
-  if method in ("ddim", "ddpm"):
+  if method.startswith("discrete_"):
+    method = method[len("discrete_"):]
     table = schedules.cosine_table()
     run = lambda k: samplers.sample_discrete(score_fn, table, k, (NUM_SAMPLES, 2), method=method,
-                                             num_steps=STEPS[method], t_max=schedule.t_max)
+                                             num_steps=DISCRETE_STEPS[method], t_max=schedule.t_max)
   else:
     run = lambda k: samplers.sample(score_fn, schedule, k, (NUM_SAMPLES, 2), method=method,
                                     num_steps=STEPS[method])
@@ -97,6 +99,7 @@ def test_samplers_reproduce_the_field(method, field_reference):
 
 # --- convergence orders of the probability-flow ODE solvers -------------------------------------------
 @pytest.mark.parametrize("method, order, steps", [("euler_ode", 1, (256, 512, 1024)),
+                                                  ("ddim", 1, (256, 512, 1024)),
                                                   ("heun_ode", 2, (64, 128, 256)),
                                                   ("rk4", 4, (64, 128, 256))])
 @pytest.mark.parametrize("schedule_name", ["cosine", "ou"])
@@ -138,6 +141,26 @@ def test_heun_pc_shared_increment_is_more_accurate_than_fresh_noise():
     assert error["heun_pc", steps] < error["heun_pc_seed", steps] / 3, error
   # Second order: halving the step divides the error by about 4 (by at least 2.5 with the MC noise).
   assert error["heun_pc", 40] < error["heun_pc", 20] / 2.5, error
+
+
+def test_ddim_is_exact_in_one_step_for_a_point_mass():
+  """For data at one point m, eps_hat = (z - alpha m) / sigma is constant along the probability-flow path
+  z_t = alpha_t m + sigma_t u, so DDIM's one step from t_max to t_min lands on it (v = 1e-12 stands in
+  for 0; float64, so the error is round-off)."""
+  schedule = schedules.cosine()
+  with jax.enable_x64(True):
+    m, logvar = jnp.array([[0.7, -1.2]]), jnp.full((1, 2), np.log(1e-12))
+
+    def score_fn(z, t):
+      shape = (-1,) + (1,) * (z.ndim - 1)
+      return T.lsi_score(z, jnp.broadcast_to(m, z.shape), jnp.broadcast_to(logvar, z.shape),
+                         schedule.alpha(t).reshape(shape), schedule.sigma(t).reshape(shape))
+
+    u = jax.random.normal(jax.random.PRNGKey(0), (16, 2), jnp.float64)
+    z_max = schedule.alpha(schedule.t_max) * m + schedule.sigma(schedule.t_max) * u
+    z = samplers.sample(score_fn, schedule, jax.random.PRNGKey(1), u.shape, method="ddim", num_steps=1, z_init=z_max)
+    exact = schedule.alpha(schedule.t_min) * m + schedule.sigma(schedule.t_min) * u
+    np.testing.assert_allclose(z, exact, atol=1e-9)
 
 
 # --- stability on the default grid -------------------------------------------------------------------
