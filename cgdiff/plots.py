@@ -209,6 +209,31 @@ def plot_gate_references(times: np.ndarray, profile: Mapping[str, np.ndarray], p
   return _save(fig, path)
 
 
+def plot_sampler_study(rows: list[Mapping], path: str, title: str = "") -> str:
+  """FID and SW2^2 against NFE (log scale), one series per sampler. rows: dicts with sampler, nfe, fid
+  (or None), sw2_squared and sw2_squared_floor_mean (drawn as the SW2 panel's floor). Returns the path."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+  samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+  for i, name in enumerate(samplers):
+    mine = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["nfe"])
+    nfe = [r["nfe"] for r in mine]
+    for ax, key in ((axes[0], "fid"), (axes[1], "sw2_squared")):
+      values = [r[key] for r in mine]
+      if all(v is not None for v in values):
+        ax.plot(nfe, values, marker="o", color=f"C{i}", label=name)
+  axes[1].axhline(rows[0]["sw2_squared_floor_mean"], color="k", linestyle="--", label="real vs real (mean)")
+  for ax, label in ((axes[0], "FID"), (axes[1], "SW2^2 of the latents")):
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(label)
+    ax.legend(fontsize=7)
+  axes[1].set_yscale("log")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
 def plot_target_profile(times: np.ndarray, profile: Mapping[str, np.ndarray], path: str,
                         title: str = "") -> str:
   """Score targets on real posteriors across time (cgdiff.diagnostics.posterior_target_profile):

@@ -134,3 +134,49 @@ def test_commit_takes_only_the_given_paths(tmp_path):
   assert git("log", "--format=%s").stdout.strip() == "Results c/s0"
   assert git("show", "--name-only", "--format=", "HEAD").stdout.split() == ["record.json"]
   assert "A  other.txt" in git("status", "--porcelain").stdout
+
+
+# --- the sampler study (experiments/sampler_study.py) ---------------------------------------------------
+FAKE_EVAL = r"""
+import json, os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+workdir, method, steps = args["workdir"], args["config.sample.method"], int(args["config.sample.num_steps"])
+assert os.path.islink(os.path.join(workdir, "ldm")), "the trained stage is linked into the study workdir"
+nfe = {"rk4": 4, "heun_ode": 2, "heun_pc": 2, "heun_pc_seed": 2}.get(method, 1) * steps
+record = {"stage": "eval", "sampler": method, "steps": steps, "nfe": nfe,
+          "metrics": {"fid": 100.0 / nfe, "sw2_squared": 1e-3, "sw2_squared_real_vs_real_mean": 1e-4},
+          "wall_seconds": {"sampling": 1.0, "total": 2.0}}
+os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+name = f"ldm_{method}_{steps}_n{args['config.eval.num_samples']}.json"
+json.dump(record, open(os.path.join(workdir, "eval", name), "w"))
+with open(os.path.join(workdir, "calls.txt"), "a") as f:
+  f.write(f"{method}_{steps}\n")
+"""
+
+
+def test_sampler_study_evaluates_every_sampler_once_in_its_own_workdir(monkeypatch, tmp_path):
+  from experiments import sampler_study  # pylint: disable=g-import-not-at-top
+  script = tmp_path / "fake_eval.py"
+  script.write_text(FAKE_EVAL)
+  monkeypatch.setattr(program.Run, "command",
+                      lambda self, overrides=(): [sys.executable, str(script), f"--workdir={self.workdir}",
+                                                  *overrides])
+  root, results = str(tmp_path / "runs"), str(tmp_path / "results")
+  for row, fids in (("c", (12.0, 13.0)), ("lsi", (10.0, 11.0))):
+    for seed, fid in zip(program.FIRST_SEEDS, fids):
+      workdir = os.path.join(root, row, f"s{seed}")
+      os.makedirs(os.path.join(workdir, "ldm"))
+      os.makedirs(os.path.join(workdir, "eval"))
+      json.dump({"stage": "eval", "metrics": {"fid": fid}}, open(os.path.join(workdir, "eval", "r.json"), "w"))
+      open(os.path.join(workdir, "done.json"), "w").write("{}")
+  assert sampler_study.best_row(root) == "lsi"
+  out_dir = sampler_study.run_study("lsi", 0, root, results)
+  study = os.path.join(root, "sampler_study", "lsi_s0")
+  assert open(os.path.join(study, "calls.txt")).read().split() == [f"{m}_{k}" for m, k in sampler_study.SAMPLERS]
+  assert os.listdir(os.path.join(root, "lsi", "s0", "eval")) == ["r.json"]  # the row's own record alone
+  summary = json.load(open(os.path.join(out_dir, "study.json")))
+  assert [(r["sampler"], r["steps"]) for r in summary["samplers"]] == list(sampler_study.SAMPLERS)
+  assert os.path.getsize(os.path.join(out_dir, "study.png")) > 1000
+  sampler_study.run_study("lsi", 0, root, results)  # resumes: nothing evaluated again
+  assert len(open(os.path.join(study, "calls.txt")).read().split()) == len(sampler_study.SAMPLERS)
+  assert "| rk4 | 10 | 40 | 2.50 |" in sampler_study.table(out_dir)

@@ -1,0 +1,146 @@
+"""The sampler study: FID and SW2 against NFE on one trained row and seed of the Fashion-MNIST program,
+every sampler from the same fixed noise banks at N = 5,000 (these FIDs are compared only with each
+other: FID is biased upwards at small N).
+
+    python -m experiments.sampler_study run [--row best] [--seed 0]   # resumable; best: lowest mean FID
+    python -m experiments.sampler_study table [--row ROW] [--seed S]  # markdown table of the records
+
+Each sampler is the row's own `eval` stage with --config.sample.method / num_steps and
+--config.eval.num_samples=5000, run in a study workdir <root>/sampler_study/<row>_s<seed> whose trained
+stages are links to the row's (so the row's own eval record stays the only one in its workdir). Records
+and figures are copied to <results>/sampler_study/<row>_s<seed>/, with study.json (every sampler's FID,
+SW2^2 and NFE) and study.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+from typing import Sequence
+
+from cgdiff import plots, records
+from experiments import fmnist_rows, program
+
+# (method, steps): RK4 at 5, 10, 20 steps; the other ODE solvers and DDIM at 40 NFE, RK4@10's budget; the
+# SDE samplers at 25, 50 and 100 steps (Heun-PC) and 001's fresh-noise variant at 50.
+SAMPLERS = (("rk4", 5), ("rk4", 10), ("rk4", 20), ("heun_ode", 20), ("euler_ode", 40), ("ddim", 40),
+            ("heun_pc", 25), ("heun_pc", 50), ("heun_pc", 100), ("heun_pc_seed", 50))
+NUM_SAMPLES = 5000
+TRAINED = ("vae", "stats", "ldm", "cotrain")
+
+
+def best_row(root: str) -> str:
+  """The row with the lowest mean FID over its finished seeds 0 and 1 (rows with both seeds only)."""
+  fids = {name: values for name, values in program.fids_by_row(root, program.FIRST_SEEDS).items()
+          if len(values) == len(program.FIRST_SEEDS)}
+  if not fids:
+    raise SystemExit("no row has finished both seeds yet; pass --row.")
+  return min(fids, key=lambda name: statistics.fmean(fids[name]))
+
+
+def study_run(row: str, seed: int, root: str) -> program.Run:
+  return program.Run(fmnist_rows.BY_NAME[row], seed, root)
+
+
+def study_workdir(run: program.Run, root: str) -> str:
+  """<root>/sampler_study/<row>_s<seed>, its trained stage directories linked to the row's."""
+  workdir = os.path.join(root, "sampler_study", f"{run.row.name}_s{run.seed}")
+  os.makedirs(workdir, exist_ok=True)
+  for stage in TRAINED:
+    source = os.path.join(run.workdir, stage)
+    link = os.path.join(workdir, stage)
+    if os.path.isdir(source) and not os.path.lexists(link):
+      os.symlink(os.path.abspath(source), link)
+  return workdir
+
+
+def record_name(source: str, method: str, steps: int) -> str:
+  return f"{source}_{method}_{steps}_n{NUM_SAMPLES}"
+
+
+def run_study(row: str, seed: int, root: str, results: str) -> str:
+  """Evaluates every sampler not yet evaluated; returns the results directory."""
+  run = study_run(row, seed, root)
+  if not run.done():
+    raise SystemExit(f"{run.name} has not finished (no {run.workdir}/done.json).")
+  workdir = study_workdir(run, root)
+  out_dir = os.path.join(results, "sampler_study", f"{row}_s{seed}")
+  for method, steps in SAMPLERS:
+    command = run.command(["--stages=eval", f"--config.sample.method={method}",
+                           f"--config.sample.num_steps={steps}", f"--config.eval.num_samples={NUM_SAMPLES}"])
+    command[command.index(f"--workdir={run.workdir}")] = f"--workdir={workdir}"
+    if glob.glob(os.path.join(workdir, "eval", f"*_{method}_{steps}_n{NUM_SAMPLES}.json")):
+      continue
+    program.log(f"sampler study {run.name}: {method} x {steps}")
+    with open(os.path.join(workdir, "run.log"), "a") as log:
+      subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+  os.makedirs(out_dir, exist_ok=True)
+  for path in glob.glob(os.path.join(workdir, "eval", f"*_n{NUM_SAMPLES}*")):
+    if os.path.isfile(path):
+      shutil.copyfile(path, os.path.join(out_dir, os.path.basename(path)))
+  summarise(out_dir)
+  return out_dir
+
+
+def summarise(out_dir: str) -> dict:
+  """study.json and study.png from the eval records in `out_dir`."""
+  rows = []
+  for path in sorted(glob.glob(os.path.join(out_dir, f"*_n{NUM_SAMPLES}.json"))):
+    with open(path) as f:
+      record = json.load(f)
+    metrics = record["metrics"]
+    rows.append({"sampler": record["sampler"], "steps": record["steps"], "nfe": record["nfe"],
+                 "fid": metrics.get("fid"), "sw2_squared": metrics["sw2_squared"],
+                 "sw2_squared_floor_mean": metrics["sw2_squared_real_vs_real_mean"],
+                 "sampling_seconds": record["wall_seconds"].get("sampling"), "record": os.path.basename(path)})
+  order = {key: i for i, key in enumerate(SAMPLERS)}
+  rows.sort(key=lambda r: order.get((r["sampler"], r["steps"]), len(order)))
+  summary = {"num_samples": NUM_SAMPLES, "samplers": rows}
+  records.write_json(os.path.join(out_dir, "study.json"), summary)
+  if rows:
+    plots.plot_sampler_study(rows, os.path.join(out_dir, "study.png"),
+                             title=f"{os.path.basename(out_dir)}: N = {NUM_SAMPLES}, the same banks")
+  return summary
+
+
+def table(out_dir: str) -> str:
+  with open(os.path.join(out_dir, "study.json")) as f:
+    rows = json.load(f)["samplers"]
+  lines = ["| sampler | steps | NFE | FID (N = 5,000) | SW2^2 | sampling s |", "| --- | --- | --- | --- | --- | --- |"]
+  for r in rows:
+    fid = "-" if r["fid"] is None else f"{r['fid']:.2f}"
+    lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {fid} | {r['sw2_squared']:.2e} | "
+                 f"{r['sampling_seconds']:.0f} |")
+  floor = rows[0]["sw2_squared_floor_mean"] if rows else float("nan")
+  lines.append(f"\nSW2^2 floor (real against real, mean): {floor:.2e}.")
+  return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("action", choices=("run", "table"))
+  parser.add_argument("--row", default="best", help="a row name, or 'best' (lowest mean FID of seeds 0, 1)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--root", default=program.DEFAULT_ROOT)
+  parser.add_argument("--results", default=program.DEFAULT_RESULTS)
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = parse_args(argv)
+  row = best_row(args.root) if args.row == "best" else args.row
+  if row not in fmnist_rows.BY_NAME:
+    raise SystemExit(f"unknown row {row!r}; the rows are {sorted(fmnist_rows.BY_NAME)}.")
+  out_dir = os.path.join(args.results, "sampler_study", f"{row}_s{args.seed}")
+  if args.action == "run":
+    out_dir = run_study(row, args.seed, args.root, args.results)
+  print(table(out_dir))
+
+
+if __name__ == "__main__":
+  main()
