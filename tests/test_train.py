@@ -164,3 +164,10 @@ def test_step_on_8_devices_equals_step_on_1_device():
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "max relative difference" in result.stdout
+
+
+def test_an_ema_that_keeps_the_initial_parameters_is_warned_about(tmp_path, caplog):
+  """decay 0.9 over 6 steps: 0.9^6 = 53% of the EMA is the initial parameters."""
+  with caplog.at_level("WARNING"):
+    run(tmp_path, num_steps=6)
+  assert any("leaves 53.1% of the initial" in r.getMessage() for r in caplog.records), caplog.text

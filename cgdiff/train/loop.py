@@ -93,6 +93,12 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
     checkpoint.CheckpointError: workdir/checkpoints holds checkpoints, but none intact, or another model's.
   """
   num_devices = jax.local_device_count()
+  initial_share = loop.ema_decay ** loop.num_steps  # the initial parameters' weight in the final EMA
+  if initial_share > 0.01:
+    logging.warning("ema_decay=%g over num_steps=%d leaves %.1f%% of the initial (random) parameters in the "
+                    "EMA at the last step, and the EMA is what later stages sample with: lower ema_decay "
+                    "(e.g. to %.3g) or train longer.", loop.ema_decay, loop.num_steps, 100 * initial_share,
+                    1.0 - 5.0 / loop.num_steps)
   tx = make_optimizer(optimizer, loop.num_steps)
   state = create_state(params, tx)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=loop.keep_checkpoints,
