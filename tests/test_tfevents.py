@@ -62,26 +62,16 @@ def test_event_file_decodes_with_tensorflows_event_proto(tmp_path):
 
 
 def test_a_training_process_does_not_import_torch(tmp_path):
-  """tensorboardX imports torch whenever it is installed; the training loop's writers must not."""
+  """tensorboardX imports torch whenever it is installed; a training run of experiments.run (the 2-D
+  toy's tiny variant, with TensorBoard on) must not."""
   script = textwrap.dedent("""
-      import sys
-      import jax
-      import jax.numpy as jnp
-      from cgdiff import objectives, schedules
-      from cgdiff.models import MLPScoreNet
-      from cgdiff.train import TrainLoopConfig, train
-      import ml_collections, numpy as np
-      net = MLPScoreNet(hidden=8, num_layers=1)
-      data = (np.zeros((16, 2), np.float32), np.full((16, 2), -1.0, np.float32))
-      loss_fn = lambda p, b, k: objectives.diffusion_loss(p, b, k, eps_fn=net.apply,
-                                                           schedule=schedules.cosine(), target="tweedie")
-      optimizer = ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_steps=0, lr_schedule="constant",
-                                                 b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0))
-      train(loss_fn, {"score": net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))},
-            lambda step: data, optimizer=optimizer,
-            loop=TrainLoopConfig(num_steps=2, log_every=1, checkpoint_every=2, ema_decay=0.9, tensorboard=True),
-            workdir=sys.argv[1], key=jax.random.PRNGKey(1))
-      assert any(n.startswith("events.out.tfevents") for n in __import__("os").listdir(sys.argv[1]))
+      import os, sys
+      from configs import toy
+      from experiments import run
+      config = toy.get_config("tiny")
+      config.ldm.training.tensorboard = True
+      run.run_stages(config, sys.argv[1])
+      assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(sys.argv[1], "ldm")))
       print(sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "tensorboardX"))))
   """)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
