@@ -12,6 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
 
+_LOG_SNR_LABEL = "log-SNR  log(alpha^2 / sigma^2)   (noise <-  -> data)"
+
+
 def _save(fig, path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -31,7 +34,7 @@ def plot_target_variances(log_snr, variances: Mapping[str, np.ndarray], path: st
   ax.set_yscale("log")
   if floor is not None:
     ax.set_ylim(bottom=floor)
-  ax.set_xlabel("log-SNR  log(alpha^2 / sigma^2)   (noise <-  -> data)")
+  ax.set_xlabel(_LOG_SNR_LABEL)
   ax.set_ylabel(ylabel)
   if gate is not None:
     ax2 = ax.twinx()
@@ -162,25 +165,25 @@ def plot_gate(times: np.ndarray, gate: np.ndarray, path: str, bins: int = 40) ->
 _TARGET_COLOURS = {"tweedie": "C0", "csem": "C1", "lsi": "C2", "blend": "C3"}
 
 
-def plot_gate_references(times: np.ndarray, profile: Mapping[str, np.ndarray], path: str,
+def plot_gate_references(log_snr: np.ndarray, profile: Mapping[str, np.ndarray], path: str,
                          title: str = "") -> str:
-  """cgdiff.diagnostics.gate_profile across time. Left: the learned gate's mean and 10-90% band against
+  """cgdiff.diagnostics.gate_profile against log-SNR (its times' log(alpha^2 / sigma^2)). Left: the learned gate's mean and 10-90% band against
   the oracle gate g* (mean and band) and the prior gate g_p; right: the critic's mean squared distance to
   LSI and to the diffused Gaussian fit's score, with LSI's own distance to that score (log scale), and
   the gate's mean distances |g - g*|, |g - g_p| on a second axis. Returns the path."""
-  times = np.asarray(times)
+  x = np.asarray(log_snr)
   fig, axes = plt.subplots(1, 2, figsize=(12, 4))
   ax = axes[0]
   for name, colour, label in (("gate", "C3", "learned g"), ("oracle_gate", "C2", "oracle g*")):
     if name in profile:
-      ax.plot(times, profile[name], color=colour, label=f"{label} (mean)")
+      ax.plot(x, profile[name], color=colour, label=f"{label} (mean)")
       if f"{name}_q10" in profile:
-        ax.fill_between(times, profile[f"{name}_q10"], profile[f"{name}_q90"], color=colour, alpha=0.2,
+        ax.fill_between(x, profile[f"{name}_q10"], profile[f"{name}_q90"], color=colour, alpha=0.2,
                         label=f"{label} 10-90%")
   if "prior_gate" in profile:
-    ax.plot(times, profile["prior_gate"], color="k", linestyle="--", label="prior gate g_p")
+    ax.plot(x, profile["prior_gate"], color="k", linestyle="--", label="prior gate g_p")
   ax.set_ylim(-0.02, 1.02)
-  ax.set_xlabel("t")
+  ax.set_xlabel(_LOG_SNR_LABEL)
   ax.set_ylabel("g  (0: CSEM, 1: Tweedie)")
   ax.legend(fontsize=8)
   ax.set_title("gates across time", fontsize=9)
@@ -189,16 +192,16 @@ def plot_gate_references(times: np.ndarray, profile: Mapping[str, np.ndarray], p
                               ("critic_vs_gaussian", "C4", "critic vs Gaussian fit's score"),
                               ("lsi_vs_gaussian", "gray", "LSI target vs Gaussian fit's score")):
     if name in profile:
-      ax.plot(times, profile[name], color=colour, label=label, marker=".")
+      ax.plot(x, profile[name], color=colour, label=label, marker=".")
   ax.set_yscale("log")
-  ax.set_xlabel("t")
+  ax.set_xlabel(_LOG_SNR_LABEL)
   ax.set_ylabel("mean squared distance (eps units)", fontsize=8)
   ax.legend(fontsize=8, loc="upper left")
   if "gate_to_oracle" in profile:
     ax2 = ax.twinx()
-    ax2.plot(times, profile["gate_to_oracle"], color="C3", linestyle=":", label="mean |g - g*|")
+    ax2.plot(x, profile["gate_to_oracle"], color="C3", linestyle=":", label="mean |g - g*|")
     if "gate_to_prior" in profile:
-      ax2.plot(times, profile["gate_to_prior"], color="k", linestyle=":", label="mean |g - g_p|")
+      ax2.plot(x, profile["gate_to_prior"], color="k", linestyle=":", label="mean |g - g_p|")
     ax2.set_ylim(0.0, 1.0)
     ax2.set_ylabel("gate distance")
     ax2.legend(fontsize=8, loc="upper right")

@@ -2,7 +2,8 @@
 
 For config.sample.score_source's networks and the first diagnose.num_posteriors images of
 diagnose.split, encoded by the model's VAE (z0 and z_t drawn afresh, seeded):
-  gates      diagnostics.gate_profile across diagnose.num_times times, uniform in t: the learned gate's
+  gates      diagnostics.gate_profile across diagnose.num_times times, uniform in log-SNR (where the gates
+             change: g* goes from 0 to 0.8 within t < 0.1 on a VAE's small posterior variances): the learned gate's
              mean and quantiles against the oracle gate g* = sigma^2 / (sigma^2 + alpha^2 v) and the
              prior gate g_p = sigma^2 / (sigma^2 + alpha^2 v_agg); the critic's distance to LSI and to
              the score of the diffused Gaussian fit N(m_agg, v_agg). (m_agg, v_agg): the `stats` stage's
@@ -28,7 +29,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cgdiff import diagnostics, latent_stats, plots, records, score_targets
+from cgdiff import diagnostics, latent_stats, plots, records, schedules, score_targets
 from experiments import common, latent_space, sampling
 
 
@@ -76,7 +77,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mean, logvar = common.encode_all(networks.vae, networks.vae_params, images)
   prior, prior_source = reference_gaussian(config, workdir, mean, logvar)
   schedule = common.schedule(config)
-  times = np.linspace(schedule.t_min, schedule.t_max, cfg.num_times)
+  times = np.asarray(schedules.time_grid(schedule, cfg.num_times - 1))[::-1]  # increasing t
+  log_snr = np.asarray(schedule.log_snr(times))
   key_gates, key_field = jax.random.split(jax.random.PRNGKey(config.seed + 12))
   statics = {"schedule": schedule, "gate": networks.gate}
   gates = jax.device_get(_gate_profile(key_gates, mean, logvar, times, tuple(map(np.asarray, prior)),
@@ -91,10 +93,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out_dir = common.stage_dir(config, workdir, "diagnose")
   label = f"{source} at step {networks.training_step}"
   figures = {
-      "gates": plots.plot_gate_references(times, gates, os.path.join(out_dir, f"{source}_gates.png"),
+      "gates": plots.plot_gate_references(log_snr, gates, os.path.join(out_dir, f"{source}_gates.png"),
                                           title=f"{config.data.name}: {label}"),
       "variances": plots.plot_target_variances(
-          np.asarray(schedule.log_snr(times)), eps_variances, os.path.join(out_dir, f"{source}_variances.png"),
+          log_snr, eps_variances, os.path.join(out_dir, f"{source}_variances.png"),
           gate=np.asarray(variances["oracle_gate"]), ylabel="mean element-wise sigma^2 Var(score | z_t)",
           floor=1e-6,  # LSI's mixture variance is 0 once z_t singles out its component
           title=f"targets on a field of {k} {cfg.split} posteriors; {label}"),
@@ -102,6 +104,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   record = records.run_record(
       config, stage="diagnose", score_source=source, training_step=networks.training_step,
       num_posteriors=int(len(mean)), split=cfg.split, field_components=k, times=times.tolist(),
+      log_snr=log_snr.tolist(),
       reference_gaussian=prior_source,
       gates={name: np.asarray(v).tolist() for name, v in gates.items()},
       eps_variances={name: v.tolist() for name, v in eps_variances.items()},
