@@ -172,6 +172,7 @@ def main(argv):
   del argv
   path = os.path.join(FLAGS.out, "pilot.json")
   record = json.load(open(path)) if os.path.exists(path) else {}
+  record["stage"] = "pilot"  # experiments.tables prints its tables
   if FLAGS.part == "timing":
     results = {name: timing(name) for name in FLAGS.candidates}
     projection = {name: program_hours(results[name]) for name in results}

@@ -1,7 +1,7 @@
 """Markdown tables from run records.
 
     python -m experiments.tables                    # the Fashion-MNIST results table (README "Results")
-    python -m experiments.tables RECORD.json [...]  # the tables of exact-field records
+    python -m experiments.tables RECORD.json [...]  # the tables of exact-field and pilot records
 
 The README's tables are this script's output as printed, so every number there traces to a record.
 """
@@ -50,8 +50,36 @@ def target_variance_table(record: dict[str, Any], every: int = 4) -> str:
   return "\n".join(lines)
 
 
+def pilot_timing_table(record: dict[str, Any]) -> str:
+  """Seconds per step (best logged interval) of each stage kind per candidate size, and the projection."""
+  timing = record["timing"]
+  lines = ["| size | VAE step | LDM step | critic-gate LDM step | co-training step | eval of one row | two seeds |",
+           "| --- |" + " --- |" * 6]
+  for name, stages in timing["candidates"].items():
+    projection = timing["projection_hours_two_seeds"][name]
+    cells = [f"{stages[kind]['best']:.3f} s" for kind in ("vae", "ldm", "ldm_gate", "cotrain")]
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {projection['eval_seconds_per_row'] / 60:.0f} min | "
+                 f"{projection['program']:.1f} h |")
+  return "\n".join(lines)
+
+
+def pilot_learning_table(record: dict[str, Any]) -> str:
+  """The learning part: each row's eval metrics after the pilot's epochs (FID at the pilot's N)."""
+  lines = []
+  for size, learning in record.get("learning", {}).items():
+    lines += [f"{size}: {learning['epochs']} epochs ({learning['num_steps']} steps per stage)", "",
+              "| row | FID | recon FID | SW2^2 | SW2^2 real vs real | wall |", "| --- |" + " --- |" * 5]
+    for row, result in learning["rows"].items():
+      m = result["metrics"]
+      lines.append(f"| {fmnist_rows.BY_NAME[row].label} | {m['fid']:.1f} | {m['recon_fid']:.1f} | "
+                   f"{m['sw2_squared']:.3g} | {m['sw2_squared_real_vs_real_mean']:.2g} ± "
+                   f"{m['sw2_squared_real_vs_real_std']:.1g} | {result['wall_seconds'] / 60:.0f} min |")
+  return "\n".join(lines)
+
+
 TABLES: dict[str, list[Callable[[dict[str, Any]], str]]] = {
     "exact_field": [target_variance_table, exact_field_table],
+    "pilot": [pilot_timing_table, pilot_learning_table],
 }
 
 
@@ -116,7 +144,8 @@ def main(paths: list[str]) -> None:
   for path in paths:
     with open(path) as f:
       record = json.load(f)
-    for table in TABLES[record["stage"]]:
+    # (The first pilot records were written before the pilot named its stage.)
+    for table in TABLES[record.get("stage", "pilot" if "timing" in record else None)]:
       print(table(record), end="\n\n")
 
 

@@ -1,0 +1,41 @@
+"""experiments.tables: the Fashion-MNIST results table and the pilot's tables, from records on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from experiments import tables
+
+
+def eval_record(fid: float, floor_values: list[float]) -> dict:
+  return {"stage": "eval", "metrics": {"fid": fid, "recon_fid": 5.0, "sw2_squared": 2e-3},
+          "sw2": {"real_vs_real": {"values": floor_values}}}
+
+
+def test_fmnist_table_gives_mean_and_spread_over_seeds_beside_002(tmp_path):
+  for seed, fid in ((0, 10.0), (1, 12.0)):
+    directory = tmp_path / "c" / f"s{seed}"
+    os.makedirs(directory / "diagnose")
+    json.dump(eval_record(fid, [1e-4, 3e-4]), open(directory / "ldm_rk4_10_n10000.json", "w"))
+    json.dump({"stage": "diagnose"}, open(directory / "diagnose" / "ldm.json", "w"))  # not an eval record
+  table = tables.fmnist_table(tables.fmnist_records(str(tmp_path)))
+  (row,) = [line for line in table.splitlines() if line.startswith("| (c)")]
+  # FIDs 10 and 12: mean 11, sample sd sqrt(2) = 1.41; the floor pools 4 draws: mean 2e-4, sd 1.15e-4.
+  assert "| 5.00 ± 0.00 (2) | 11.00 ± 1.41 (2) | 2.00e-03 ± 0.0e+00 (2) | 2.00e-04 ± 1.2e-04 (4) |" in row
+  assert row.endswith("| 6.51 | 13.45 | 2.63e-03 |")
+  (lsi,) = [line for line in table.splitlines() if line.startswith("| two-stage LSI")]
+  assert "| - | - | - | - |" in lsi
+
+
+def test_pilot_tables():
+  stages = {kind: {"best": 0.25} for kind in ("vae", "ldm", "ldm_gate", "cotrain")}
+  record = {"stage": "pilot", "timing": {
+      "candidates": {"small": stages},
+      "projection_hours_two_seeds": {"small": {"eval_seconds_per_row": 1800.0, "program": 30.0}}},
+      "learning": {"small": {"epochs": 3, "num_steps": 1404, "rows": {"c": {"wall_seconds": 600.0, "metrics": {
+          "fid": 100.0, "recon_fid": 60.0, "sw2_squared": 1.4, "sw2_squared_real_vs_real_mean": 0.0034,
+          "sw2_squared_real_vs_real_std": 0.0009}}}}}}
+  timing, learning = (table(record) for table in tables.TABLES["pilot"])
+  assert "| small | 0.250 s | 0.250 s | 0.250 s | 0.250 s | 30 min | 30.0 h |" in timing
+  assert "| (c) two-stage Tweedie LDM (reg. KL) | 100.0 | 60.0 | 1.4 | 0.0034 ± 0.0009 | 10 min |" in learning
