@@ -328,17 +328,23 @@ def pilot_costs(results: str) -> dict[str, float]:
   return costs
 
 
-def remaining_seconds(run: Run, costs: dict[str, float], num_steps: int) -> float | None:
+def remaining_seconds(run: Run, costs: dict[str, float], num_steps: int,
+                      counted: set[str] | None = None) -> float | None:
   """Seconds left for `run`: its training stages' remaining steps (latest checkpoint against num_steps)
-  and its eval; None where a cost is unknown."""
+  and its eval; None where a cost is unknown. counted: the stage directories already counted for
+  earlier runs (a shared VAE is trained once, by the first run that needs it); updated."""
   if run.done():
     return 0.0
+  counted = set() if counted is None else counted
   import importlib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(run.row.config[:-3].replace("/", ".")).get_config()
   total = 0.0
   for stage in config.stages:
     if stage in TRAINING_STAGES:
       home = run.vae_workdir if (stage in ("vae", "cotrain") and run.vae_workdir) else run.workdir
+      if os.path.join(home, stage) in counted:
+        continue
+      counted.add(os.path.join(home, stage))
       ckpts = glob.glob(os.path.join(home, stage, "checkpoints", "[0-9]*"))
       done = max((int(os.path.basename(p)) for p in ckpts), default=0)
       kind = _stage_kind(stage, run.row.config)
@@ -358,13 +364,13 @@ def status(root: str, results: str) -> str:
   costs = {**pilot_costs(results), **measured_costs(root)}
   lock = read_lock(root)
   running = lock.get("run") if lock else None
-  lines, left, unknown = [], 0.0, False
+  lines, left, unknown, counted = [], 0.0, False, set()
   for run in planned_runs(root):
     if run.done():
       record = eval_record(run.workdir)
       lines.append(f"  done     {run.name:16s} {summary(record) if record else ''}")
       continue
-    seconds = remaining_seconds(run, costs, num_steps)
+    seconds = remaining_seconds(run, costs, num_steps, counted)
     unknown |= seconds is None
     left += seconds or 0.0
     if run.name == running:

@@ -120,6 +120,20 @@ def test_status_counts_what_is_left_with_the_measured_costs(fake_rows):
   assert costs["ldm"] == pytest.approx(0.25) and costs["eval"] == pytest.approx(60.0)
 
 
+def test_a_shared_vae_is_counted_once_in_what_is_left(tmp_path):
+  """Five two-stage rows of a seed share one VAE: the first needs its steps, the others only their LDMs."""
+  root = str(tmp_path / "runs")
+  costs = {"vae": 1.0, "ldm": 0.5, "ldm_gate": 0.5, "cotrain": 2.0, "eval": 100.0}
+  runs = {run.name: run for run in program.runs_for((0,), root)}
+  counted: set[str] = set()
+  c = program.remaining_seconds(runs["c/s0"], costs, 10, counted)
+  lsi = program.remaining_seconds(runs["lsi/s0"], costs, 10, counted)
+  assert (c, lsi) == (10 * 1.0 + 10 * 0.5 + 100.0, 10 * 0.5 + 100.0)
+  a = program.remaining_seconds(runs["a/s0"], costs, 10, counted)
+  b = program.remaining_seconds(runs["b/s0"], costs, 10, counted)  # (a)'s co-trained VAE: counted with (a)
+  assert (a, b) == (10 * 2.0 + 100.0, 10 * 0.5 + 100.0)
+
+
 def test_commit_takes_only_the_given_paths(tmp_path):
   repo = tmp_path / "repo"
   repo.mkdir()
