@@ -36,6 +36,11 @@ from experiments import fmnist_rows
 DEFAULT_ROOT = "runs/fmnist"
 DEFAULT_RESULTS = "experiments/results/fmnist"
 LOCK = "program.lock"
+PAUSED = "program.paused"  # present while `pause` holds the running row (the stall watchdog waits)
+# A row that writes nothing to its log for this long is hung (its stages log at least every few minutes:
+# training every log_every steps, evaluation every Inception batch); it is killed and tried again.
+STALL_SECONDS = 30 * 60
+STALLED = -100
 FIRST_SEEDS = (0, 1)
 THIRD_SEED = 2
 # Training stages and what their cost is measured by (experiments.run's stage names).
@@ -210,16 +215,33 @@ def write_lock(root: str, **fields) -> None:
   os.replace(tmp, _lock_path(root))
 
 
-def run_one(run: Run, overrides: Sequence[str], root: str) -> int:
-  """Runs `run`'s command (its output appended to <workdir>/run.log); returns its exit status."""
+def run_one(run: Run, overrides: Sequence[str], root: str, stall_seconds: float = STALL_SECONDS,
+            poll_seconds: float = 30.0) -> int:
+  """Runs `run`'s command (its output appended to <workdir>/run.log); returns its exit status, or
+  STALLED after killing a run whose log has not grown for `stall_seconds` while not paused (a hung
+  process: the retry resumes it from its newest intact checkpoint)."""
   os.makedirs(run.workdir, exist_ok=True)
   command = run.command(overrides)
-  with open(os.path.join(run.workdir, "run.log"), "a") as out:
+  log_path = os.path.join(run.workdir, "run.log")
+  with open(log_path, "a") as out:
     out.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(command)}\n")
     out.flush()
     child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     write_lock(root, run=run.name, child_pgid=child.pid, started=time.time())
-    return child.wait()
+    last_size, last_change = -1, time.time()
+    while True:
+      try:
+        return child.wait(timeout=poll_seconds)
+      except subprocess.TimeoutExpired:
+        pass
+      size = os.path.getsize(log_path)
+      if size != last_size or os.path.exists(os.path.join(root, PAUSED)):
+        last_size, last_change = size, time.time()
+      elif time.time() - last_change > stall_seconds:
+        log(f"{run.name}: no output for {stall_seconds:.0f} s: stalled; killing process group {child.pid}")
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        return STALLED
 
 
 def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bool,
@@ -270,7 +292,12 @@ def signal_running(root: str, sig: int) -> str:
   lock = read_lock(root)
   if lock is None or not lock.get("child_pgid"):
     return "no program row is running."
+  paused = os.path.join(root, PAUSED)
+  if sig == signal.SIGSTOP:
+    open(paused, "w").close()
   os.killpg(lock["child_pgid"], sig)
+  if sig == signal.SIGCONT and os.path.exists(paused):
+    os.remove(paused)
   return f"{signal.Signals(sig).name} sent to {lock['run']} (process group {lock['child_pgid']})."
 
 

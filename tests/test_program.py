@@ -194,3 +194,19 @@ def test_sampler_study_evaluates_every_sampler_once_in_its_own_workdir(monkeypat
   sampler_study.run_study("lsi", 0, root, results)  # resumes: nothing evaluated again
   assert len(open(os.path.join(study, "calls.txt")).read().split()) == len(sampler_study.SAMPLERS)
   assert "| rk4 | 10 | 40 | 2.50 |" in sampler_study.table(out_dir)
+
+
+def test_a_run_whose_log_stops_growing_is_killed_as_stalled_unless_paused(monkeypatch, tmp_path):
+  hang = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(600)"]
+  monkeypatch.setattr(program.Run, "command", lambda self, overrides=(): hang)
+  root = str(tmp_path / "runs")
+  os.makedirs(root)
+  run = program.runs_for((0,), root)[0]
+  status = program.run_one(run, (), root, stall_seconds=2.0, poll_seconds=0.5)
+  assert status == program.STALLED
+  assert "started" in open(os.path.join(run.workdir, "run.log")).read()
+  # Paused (program pause): the silence is expected; the run finishes on its own, here within the window.
+  quick = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(3)"]
+  monkeypatch.setattr(program.Run, "command", lambda self, overrides=(): quick)
+  open(os.path.join(root, program.PAUSED), "w").close()
+  assert program.run_one(run, (), root, stall_seconds=1.0, poll_seconds=0.5) == 0

@@ -130,7 +130,7 @@ SCRIPT = textwrap.dedent("""
     from cgdiff import objectives, schedules
     from cgdiff.models import MLPScoreNet
     from cgdiff.train import create_state, make_optimizer
-    from cgdiff.train.step import make_train_step
+    from cgdiff.train import loop as loop_lib
     assert jax.local_device_count() == 8, jax.devices()
     net = MLPScoreNet(hidden=16, num_layers=1)
     params = {"score": net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))}
@@ -141,10 +141,11 @@ SCRIPT = textwrap.dedent("""
     tx = make_optimizer(opt, 10)
     rng = np.random.default_rng(0)
     batch = (rng.normal(size=(32, 2)).astype(np.float32), rng.uniform(-3, -1, size=(32, 2)).astype(np.float32))
-    step = make_train_step(loss_fn, tx, ema_decay=0.9)
     results = []
     for n in (1, 8):
-      p_step = jax.pmap(step, axis_name="batch", in_axes=(0, 0, 0, None), devices=jax.devices()[:n])
+      # As the training loop builds it: on 8 CPU devices, compiled with single-threaded Eigen.
+      p_step = loop_lib.pmapped_train_step(loss_fn, tx, ema_decay=0.9, devices=jax.devices()[:n])
+      assert isinstance(p_step, loop_lib._CompiledWithOptions) == (n > 1)
       state = flax.jax_utils.replicate(create_state(params, tx), jax.devices()[:n])
       split = lambda x: x.reshape((n, 32 // n) + x.shape[1:])
       for _ in range(3):
