@@ -78,18 +78,35 @@ def replicate(tree: Any, axis_name: str = "batch", devices: Sequence[jax.Device]
 CPU_MULTI_DEVICE_COMPILER_OPTIONS = {"xla_cpu_multi_thread_eigen": False}
 
 
+class _LoweredWithOptions:
+  """A jax Lowered whose compile() adds `options` to the compiler options it is given."""
+
+  def __init__(self, lowered, options: dict[str, Any]):
+    self._lowered, self._options = lowered, options
+
+  def compile(self, compiler_options: dict[str, Any] | None = None):
+    return self._lowered.compile(compiler_options={**self._options, **(compiler_options or {})})
+
+  def __getattr__(self, name: str):
+    return getattr(self._lowered, name)
+
+
 class _CompiledWithOptions:
   """A pmapped function compiled with XLA compiler options (pmap takes none): lowered and compiled on
-  the first call for each set of argument shapes."""
+  the first call for each set of argument shapes. lower() gives a Lowered that compiles with them too
+  (what benchmarks/run.py times)."""
 
   def __init__(self, pmapped, compiler_options: dict[str, Any]):
     self._pmapped, self._options, self._compiled = pmapped, compiler_options, {}
+
+  def lower(self, *args) -> _LoweredWithOptions:
+    return _LoweredWithOptions(self._pmapped.lower(*args), self._options)
 
   def __call__(self, *args):
     leaves, treedef = jax.tree.flatten(args)
     signature = (treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves))
     if signature not in self._compiled:
-      self._compiled[signature] = self._pmapped.lower(*args).compile(compiler_options=self._options)
+      self._compiled[signature] = self.lower(*args).compile()
     return self._compiled[signature](*args)
 
 
