@@ -73,8 +73,9 @@ def replicate(tree: Any, axis_name: str = "batch", devices: Sequence[jax.Device]
 # ever. Seen once on 2 CPU devices while another training process shared the cores: the quickstart's VAE
 # stage stopped at 0% CPU with a tf_XLAEigen thread in AllReduceThunk's rendezvous (HandleEigen2DConvolution
 # below it in the stack). Compiled with single-threaded Eigen, each device's program runs on its own
-# thread and the pool is not involved; per step as fast on 2 devices (fmnist_base's VAE 0.99x, UNet
-# 1.02x, alternated in one process on 2 loaded cores).
+# thread and the pool is not involved; per step as fast or faster on 2 devices (benchmarks/
+# multi_device_eigen.py: default / single-threaded time 0.99-1.03 for fmnist_base's VAE, 1.02-1.07 for
+# its UNet).
 CPU_MULTI_DEVICE_COMPILER_OPTIONS = {"xla_cpu_multi_thread_eigen": False}
 
 
