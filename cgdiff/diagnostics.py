@@ -58,6 +58,17 @@ def target_variance_profile(key: Array, means: Array, logvars: Array, log_weight
   return jax.lax.map(lambda args: at_time(*args), (times, jax.random.split(key, times.shape[0])))
 
 
+def _posterior_draw(key: Array, mean: Array, logvar: Array, schedule: schedules_lib.Schedule,
+                    t: Array) -> tuple[score_targets.DiffusionDraw, Array]:
+  """One (z0, z_t) per posterior N(mean, exp(logvar)) [B, ...] at time t (a scalar), and t as [B]."""
+  k_vae, k_eps = jax.random.split(key)
+  alpha, sigma = schedule.alpha(t), schedule.sigma(t)
+  z0 = targets.reparameterize(mean, logvar, jax.random.normal(k_vae, mean.shape))
+  eps = jax.random.normal(k_eps, mean.shape)
+  draw = score_targets.DiffusionDraw(z0, targets.diffuse(z0, eps, alpha, sigma), eps, mean, logvar, alpha, sigma)
+  return draw, jnp.full(mean.shape[:1], t)
+
+
 def posterior_target_profile(key: Array, mean: Array, logvar: Array, schedule: schedules_lib.Schedule,
                              times: Array, *, eps_fn=None, gate_fn=None, blend_target: str = "critic_gate",
                              prior: score_targets.Prior | None = None) -> dict[str, Array]:
@@ -79,13 +90,7 @@ def posterior_target_profile(key: Array, mean: Array, logvar: Array, schedule: s
 
   def at_time(args):
     t, key = args
-    k_vae, k_eps = jax.random.split(key)
-    t_batch = jnp.full(mean.shape[:1], t)
-    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-    z0 = targets.reparameterize(mean, logvar, jax.random.normal(k_vae, mean.shape))
-    eps = jax.random.normal(k_eps, mean.shape)
-    draw = score_targets.DiffusionDraw(z0, targets.diffuse(z0, eps, alpha, sigma), eps, mean, logvar,
-                                       alpha, sigma)
+    draw, t_batch = _posterior_draw(key, mean, logvar, schedule, t)
     eps_targets = {"tweedie": score_targets.tweedie_eps(draw), "csem": score_targets.csem_eps(draw),
                    "lsi": score_targets.lsi_eps(draw)}
     out = {}
@@ -137,23 +142,17 @@ def gate_profile(key: Array, mean: Array, logvar: Array, schedule: schedules_lib
 
   def at_time(args):
     t, key = args
-    k_vae, k_eps = jax.random.split(key)
-    t_batch = jnp.full(mean.shape[:1], t)
-    alpha, sigma = schedule.alpha(t), schedule.sigma(t)
-    z0 = targets.reparameterize(mean, logvar, jax.random.normal(k_vae, mean.shape))
-    eps = jax.random.normal(k_eps, mean.shape)
-    draw = score_targets.DiffusionDraw(z0, targets.diffuse(z0, eps, alpha, sigma), eps, mean, logvar,
-                                       alpha, sigma)
+    draw, t_batch = _posterior_draw(key, mean, logvar, schedule, t)
     eps_hat = eps_fn(draw.z_t, t_batch)
     eps_lsi = score_targets.lsi_eps(draw)
-    oracle = targets.oracle_gate(logvar, alpha, sigma)
+    oracle = targets.oracle_gate(logvar, draw.alpha, draw.sigma)
     out = {"critic_vs_lsi": jnp.mean((eps_hat - eps_lsi) ** 2)}
     summary("oracle_gate", oracle, out)
     if prior is not None:
       gaussian = draw._replace(mean=jnp.broadcast_to(prior[0], mean.shape),
                                logvar=jnp.broadcast_to(prior[1], mean.shape))
       eps_gaussian = score_targets.lsi_eps(gaussian)  # LSI of one Gaussian: its diffused score
-      prior_gate = targets.oracle_gate(gaussian.logvar, alpha, sigma)
+      prior_gate = targets.oracle_gate(gaussian.logvar, draw.alpha, draw.sigma)
       out.update(critic_vs_gaussian=jnp.mean((eps_hat - eps_gaussian) ** 2),
                  lsi_vs_gaussian=jnp.mean((eps_lsi - eps_gaussian) ** 2), prior_gate=jnp.mean(prior_gate))
     if gate_fn is not None:
