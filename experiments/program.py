@@ -1,7 +1,7 @@
 """The results program: every row of the Fashion-MNIST table (experiments/fmnist_rows.py) for each seed,
 in order, resumable across sessions (README "Protocol").
 
-    nohup python -m experiments.program run --commit > runs/fmnist/program.out 2>&1 &
+    nohup python -m experiments.program run --commit --override=--cpu_devices=1 > runs/fmnist/program.out 2>&1 &
     python -m experiments.program status            # done, running, failed, left, and an ETA
     python -m experiments.program pause | resume    # SIGSTOP / SIGCONT the running row (for benchmarks)
 

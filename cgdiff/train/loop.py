@@ -67,62 +67,13 @@ def replicate(tree: Any, axis_name: str = "batch", devices: Sequence[jax.Device]
       tree)
 
 
-# XLA:CPU runs a convolution's Eigen work on its intra-op thread pool and continues the program from the
-# convolution's completion callback, on a pool thread; a collective reached that way waits in its
-# rendezvous on that pool thread, and the other device's program, which needs the pool, can then wait for
-# ever. Seen once on 2 CPU devices while another training process shared the cores: the quickstart's VAE
-# stage stopped at 0% CPU with a tf_XLAEigen thread in AllReduceThunk's rendezvous (HandleEigen2DConvolution
-# below it in the stack). Compiled with single-threaded Eigen, each device's program runs on its own
-# thread and the pool is not involved; per step as fast or faster on 2 devices (benchmarks/
-# multi_device_eigen.py: default / single-threaded time 0.99-1.03 for fmnist_base's VAE, 1.02-1.07 for
-# its UNet).
-CPU_MULTI_DEVICE_COMPILER_OPTIONS = {"xla_cpu_multi_thread_eigen": False}
-
-
-class _LoweredWithOptions:
-  """A jax Lowered whose compile() adds `options` to the compiler options it is given."""
-
-  def __init__(self, lowered, options: dict[str, Any]):
-    self._lowered, self._options = lowered, options
-
-  def compile(self, compiler_options: dict[str, Any] | None = None):
-    return self._lowered.compile(compiler_options={**self._options, **(compiler_options or {})})
-
-  def __getattr__(self, name: str):
-    return getattr(self._lowered, name)
-
-
-class _CompiledWithOptions:
-  """A pmapped function compiled with XLA compiler options (pmap takes none): lowered and compiled on
-  the first call for each set of argument shapes. lower() gives a Lowered that compiles with them too
-  (what benchmarks/run.py times)."""
-
-  def __init__(self, pmapped, compiler_options: dict[str, Any]):
-    self._pmapped, self._options, self._compiled = pmapped, compiler_options, {}
-
-  def lower(self, *args) -> _LoweredWithOptions:
-    return _LoweredWithOptions(self._pmapped.lower(*args), self._options)
-
-  def __call__(self, *args):
-    leaves, treedef = jax.tree.flatten(args)
-    signature = (treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves))
-    if signature not in self._compiled:
-      self._compiled[signature] = self.lower(*args).compile()
-    return self._compiled[signature](*args)
-
-
 def pmapped_train_step(loss_fn: step_lib.LossFn, tx, *, ema_decay: float,
                        devices: Sequence[jax.Device] | None = None):
   """step_lib.make_train_step pmapped over the local devices (or `devices`) as `train` calls it:
   p_step(replicated state, batch [devices, b, ...], example ids [devices, b], base key) ->
-  (state, metrics); the state's buffers are donated. On several CPU devices it is compiled with
-  CPU_MULTI_DEVICE_COMPILER_OPTIONS (why: above)."""
-  devices = jax.local_devices() if devices is None else list(devices)
-  pmapped = jax.pmap(step_lib.make_train_step(loss_fn, tx, ema_decay=ema_decay), axis_name="batch",
-                     in_axes=(0, 0, 0, None), donate_argnums=(0,), devices=devices)
-  if len(devices) > 1 and devices[0].platform == "cpu":
-    return _CompiledWithOptions(pmapped, CPU_MULTI_DEVICE_COMPILER_OPTIONS)
-  return pmapped
+  (state, metrics); the state's buffers are donated."""
+  return jax.pmap(step_lib.make_train_step(loss_fn, tx, ema_decay=ema_decay), axis_name="batch",
+                  in_axes=(0, 0, 0, None), donate_argnums=(0,), devices=devices)
 
 
 def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any], *,
