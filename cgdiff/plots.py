@@ -167,10 +167,11 @@ _TARGET_COLOURS = {"tweedie": "C0", "csem": "C1", "lsi": "C2", "blend": "C3"}
 
 def plot_gate_references(log_snr: np.ndarray, profile: Mapping[str, np.ndarray], path: str,
                          title: str = "") -> str:
-  """cgdiff.diagnostics.gate_profile against log-SNR (its times' log(alpha^2 / sigma^2)). Left: the learned gate's mean and 10-90% band against
-  the oracle gate g* (mean and band) and the prior gate g_p; right: the critic's mean squared distance to
-  LSI and to the diffused Gaussian fit's score, with LSI's own distance to that score (log scale), and
-  the gate's mean distances |g - g*|, |g - g_p| on a second axis. Returns the path."""
+  """cgdiff.diagnostics.gate_profile against log-SNR (its times' log(alpha^2 / sigma^2)). Left: the learned
+  gate's mean and 10-90% band against the oracle gate g* (mean and band) and the prior gate g_p; right: the
+  critic's mean squared distance to LSI and to the diffused Gaussian fit's score, with LSI's own distance to
+  that score (log scale), and the gate's mean distances |g - g*|, |g - g_p| on a second axis. Returns the
+  path."""
   x = np.asarray(log_snr)
   fig, axes = plt.subplots(1, 2, figsize=(12, 4))
   ax = axes[0]

@@ -43,6 +43,7 @@ from cgdiff import chunks, diagnostics, plots, records, samplers, targets
 from cgdiff.metrics import banks, fid, inception, inception_weights, projections, sw2
 from experiments import common, latent_space, sampling
 
+
 class _Timer:
   """Wall seconds of named parts of an evaluation: `with timer("sampling"): ...`."""
 

@@ -59,10 +59,6 @@ def study_workdir(run: program.Run, root: str) -> str:
   return workdir
 
 
-def record_name(source: str, method: str, steps: int) -> str:
-  return f"{source}_{method}_{steps}_n{NUM_SAMPLES}"
-
-
 def run_study(row: str, seed: int, root: str, results: str) -> str:
   """Evaluates every sampler not yet evaluated; returns the results directory."""
   run = study_run(row, seed, root)
@@ -71,11 +67,11 @@ def run_study(row: str, seed: int, root: str, results: str) -> str:
   workdir = study_workdir(run, root)
   out_dir = os.path.join(results, "sampler_study", f"{row}_s{seed}")
   for method, steps in SAMPLERS:
+    if glob.glob(os.path.join(workdir, "eval", f"*_{method}_{steps}_n{NUM_SAMPLES}.json")):
+      continue
     command = run.command(["--stages=eval", f"--config.sample.method={method}",
                            f"--config.sample.num_steps={steps}", f"--config.eval.num_samples={NUM_SAMPLES}"])
     command[command.index(f"--workdir={run.workdir}")] = f"--workdir={workdir}"
-    if glob.glob(os.path.join(workdir, "eval", f"*_{method}_{steps}_n{NUM_SAMPLES}.json")):
-      continue
     program.log(f"sampler study {run.name}: {method} x {steps}")
     with open(os.path.join(workdir, "run.log"), "a") as log:
       subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)

@@ -69,7 +69,8 @@ BatchSampler = Callable[[jax.Array, Any], jax.Array]
 def _sample_batch(params, key, initial, *, net, schedule, method, num_steps, shape):
   """samplers.sample with the score network's parameters as an argument: one compilation per network,
   sampler and shape for the whole process (modules and schedules compare by value)."""
-  return samplers.sample(samplers.score_from_eps(net.apply, params, schedule), schedule, key, shape, method=method, num_steps=num_steps, z_init=initial)
+  return samplers.sample(samplers.score_from_eps(net.apply, params, schedule), schedule, key, shape,
+                         method=method, num_steps=num_steps, z_init=initial)
 
 
 def batch_sampler(config: ml_collections.ConfigDict, networks: TrainedNetworks, *, method: str,
