@@ -1,7 +1,7 @@
 """The results program: every row of the Fashion-MNIST table (experiments/fmnist_rows.py) for each seed,
 in order, resumable across sessions (README "Protocol").
 
-    nohup python -m experiments.program run --commit --override=--cpu_devices=1 > runs/fmnist/program.out 2>&1 &
+    nohup python -m experiments.program run --commit > runs/fmnist/program.out 2>&1 &
     python -m experiments.program status            # done, running, failed, left, and an ETA
     python -m experiments.program pause | resume    # SIGSTOP / SIGCONT the running row (for benchmarks)
 
@@ -11,8 +11,9 @@ samples and evaluates, resuming whatever is done. Rows that share a VAE point at
 it. The order is seed 0 of every row, then seed 1 of every row, then a third seed of every row whose
 FID is within twice the spread between seeds of another row's (`third_seed_rows`). A finished run
 leaves `done.json` in its workdir; its records, figures and training logs are copied to
-<results>/<row>/s<seed>/ and, with --commit, committed at once. A failed run is tried again once, then
-left for the next `run` (its log stays in <workdir>/run.log).
+<results>/<row>/s<seed>/ and, with --commit, committed at once. A failed run is tried again once (a
+hung one, killed by the stall watchdog, up to MAX_STALLS times), then left for the next `run` (its log
+stays in <workdir>/run.log).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ PAUSED = "program.paused"  # present while `pause` holds the running row (the st
 # training every log_every steps, evaluation every Inception batch); it is killed and tried again.
 STALL_SECONDS = 30 * 60
 STALLED = -100
+# A crash is tried again once. A hang is not the row's fault (README Reliability: the rare collective
+# hang on several CPU devices) and its retry resumes from the newest intact checkpoint, losing at most
+# checkpoint_every steps, so a row may stall this many times before it is left as failed.
+MAX_STALLS = 4
 FIRST_SEEDS = (0, 1)
 THIRD_SEED = 2
 # Training stages and what their cost is measured by (experiments.run's stage names).
@@ -262,14 +267,18 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
         break
       run = todo[0]
       attempted.add(run.name)
-      for attempt in (1, 2):
-        log(f"{run.name}: start (attempt {attempt}): {' '.join(run.command(overrides))}")
+      crashes = stalls = 0
+      while True:
+        log(f"{run.name}: start (attempt {crashes + stalls + 1}): {' '.join(run.command(overrides))}")
         start = time.time()
         status = run_one(run, overrides, root)
         seconds = time.time() - start
         if status == 0:
           break
         log(f"{run.name}: exit status {status} after {seconds:.0f} s; log {run.workdir}/run.log")
+        stalls, crashes = (stalls + 1, crashes) if status == STALLED else (stalls, crashes + 1)
+        if crashes > 1 or stalls > MAX_STALLS:
+          break
       if status != 0:
         with open(os.path.join(run.workdir, "failed.json"), "w") as f:
           json.dump({"failed": datetime.datetime.now().isoformat(timespec="seconds"), "status": status}, f)

@@ -94,6 +94,24 @@ def test_a_failing_row_is_retried_once_then_left_for_the_next_run(fake_rows):
   assert not os.path.exists(os.path.join(root, "c", "s0", "failed.json"))
 
 
+def test_a_hung_row_is_retried_up_to_max_stalls_times(monkeypatch, fake_rows):
+  root, results = str(fake_rows / "runs"), str(fake_rows / "results")
+  real_run_one, outcomes = program.run_one, {}
+
+  def run_one(run, overrides, root):  # hangs `stalls` times, then runs for real
+    os.makedirs(run.workdir, exist_ok=True)
+    outcomes[run.name] = outcomes.get(run.name, 0) + 1
+    stalls = {"c/s0": program.MAX_STALLS, "lsi/s0": program.MAX_STALLS + 1}[run.name]
+    return program.STALLED if outcomes[run.name] <= stalls else real_run_one(run, overrides, root)
+
+  monkeypatch.setattr(program, "run_one", run_one)
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert outcomes == {"c/s0": program.MAX_STALLS + 1, "lsi/s0": program.MAX_STALLS + 1}
+  assert calls(root) == ["c/s0"]
+  assert os.path.exists(os.path.join(root, "c", "s0", "done.json"))
+  assert os.path.exists(os.path.join(root, "lsi", "s0", "failed.json"))
+
+
 def test_third_seeds_for_rows_within_twice_the_spread_of_another():
   # c and lsi: means 11 and 11.25, spread sd(10, 12) = 1.41: within 2.83 of each other. a: far from both.
   fids = {"c": [10.0, 12.0], "lsi": [11.0, 11.5], "a": [5.0, 5.1], "d": [11.0]}
