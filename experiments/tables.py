@@ -1,6 +1,6 @@
 """Markdown tables from run records.
 
-    python -m experiments.tables                    # the Fashion-MNIST results table (README "Results")
+    python -m experiments.tables                    # the Fashion-MNIST results and diagnosis tables (README "Results")
     python -m experiments.tables RECORD.json [...]  # the tables of exact-field and pilot records
 
 The README's tables are this script's output as printed, so every number there traces to a record.
@@ -83,16 +83,17 @@ TABLES: dict[str, list[Callable[[dict[str, Any]], str]]] = {
 }
 
 
-def fmnist_records(results: str = FMNIST_RESULTS) -> dict[str, list[dict[str, Any]]]:
-  """{row: [eval record of each seed, by seed]} of the committed Fashion-MNIST records."""
+def fmnist_records(results: str = FMNIST_RESULTS, stage: str = "eval") -> dict[str, list[dict[str, Any]]]:
+  """{row: [record of each seed, by seed]} of the committed Fashion-MNIST records of `stage`: "eval"
+  (<row>/s<seed>/*.json) or "diagnose" (<row>/s<seed>/diagnose/*.json)."""
   out = {}
   for row in fmnist_rows.ROWS:
     seeds = []
     for seed_dir in sorted(glob.glob(os.path.join(results, row.name, "s*")), key=lambda p: int(p.rsplit("s", 1)[1])):
-      for path in sorted(glob.glob(os.path.join(seed_dir, "*.json"))):
+      for path in sorted(glob.glob(os.path.join(seed_dir, "diagnose" if stage == "diagnose" else "", "*.json"))):
         with open(path) as f:
           record = json.load(f)
-        if record.get("stage") == "eval":
+        if record.get("stage") == stage:
           seeds.append(record)
     if seeds:
       out[row.name] = seeds
@@ -137,9 +138,40 @@ def fmnist_table(records: dict[str, list[dict[str, Any]]]) -> str:
   return "\n".join(lines)
 
 
+# diagnose_table's columns: (heading, the diagnose record's `gates` key), each averaged over the times.
+DIAGNOSE_COLUMNS = (("mean abs(g - g*)", "gate_to_oracle"), ("mean abs(g - g_p)", "gate_to_prior"),
+                    ("mean g", "gate"), ("mean g*", "oracle_gate"), ("mean g_p", "prior_gate"),
+                    ("critic vs LSI", "critic_vs_lsi"), ("critic vs Gaussian fit", "critic_vs_gaussian"),
+                    ("LSI vs Gaussian fit", "lsi_vs_gaussian"))
+
+
+def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
+  """The trained networks on the test posteriors of their own VAE (the `diagnose` stage): each column
+  the mean over its times (uniform in log-SNR) of a `gates` quantity of diagnostics.gate_profile, then
+  mean ± sd over seeds. The gate columns compare the learned gate g with the oracle g* and with 001's
+  degenerate prior gate g_p (MATH.md errata 4); "critic vs X" is the mean squared difference of the
+  critic's eps prediction from X's (LSI: the best a critic can do, plus LSI's own variance; the
+  Gaussian fit: the zero-loss state of 001's prior-CSEM objective)."""
+  lines = ["| method | " + " | ".join(heading for heading, _ in DIAGNOSE_COLUMNS) + " |",
+           "| --- |" + " --- |" * len(DIAGNOSE_COLUMNS)]
+  for row in fmnist_rows.ROWS:
+    seeds = records.get(row.name)
+    if not seeds:
+      continue
+    cells = [mean_spread([statistics.fmean(r["gates"][key]) if key in r["gates"] else None for r in seeds], 3)
+             for _, key in DIAGNOSE_COLUMNS]
+    lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+  times = next((r for seeds in records.values() for r in seeds), None)
+  if times is not None:
+    lines.append(f"\nOver {len(times['times'])} times, log-SNR {times['log_snr'][-1]:.1f} to {times['log_snr'][0]:.1f}; "
+                 f"{times['num_posteriors']} {times['split']} posteriors.")
+  return "\n".join(lines)
+
+
 def main(paths: list[str]) -> None:
   if not paths:
-    print(fmnist_table(fmnist_records()))
+    print(fmnist_table(fmnist_records()), end="\n\n")
+    print(diagnose_table(fmnist_records(stage="diagnose")))
     return
   for path in paths:
     with open(path) as f:

@@ -39,3 +39,26 @@ def test_pilot_tables():
   timing, learning = (table(record) for table in tables.TABLES["pilot"])
   assert "| small | 0.250 s | 0.250 s | 0.250 s | 0.250 s | 30 min | 30.0 h |" in timing
   assert "| (c) two-stage Tweedie LDM (reg. KL) | 100.0 | 60.0 | 1.4 | 0.0034 ± 0.0009 | 10 min |" in learning
+
+
+def test_diagnose_table_averages_over_times_then_seeds_and_leaves_gateless_rows_blank(tmp_path):
+  def record(gate_to_oracle: list[float], gate: bool) -> dict:
+    gates = {"oracle_gate": [0.5, 0.5], "prior_gate": [0.1, 0.3], "critic_vs_lsi": [1.0, 3.0],
+             "critic_vs_gaussian": [4.0, 4.0], "lsi_vs_gaussian": [2.0, 2.0]}
+    if gate:
+      gates.update(gate_to_oracle=gate_to_oracle, gate_to_prior=[0.6, 0.6], gate=[0.9, 0.9])
+    return {"stage": "diagnose", "times": [0.001, 0.5], "log_snr": [10.0, -1.0], "num_posteriors": 1000,
+            "split": "test", "gates": gates}
+
+  for row, seed, g in (("cg_element", 0, [0.1, 0.3]), ("cg_element", 1, [0.3, 0.5]), ("c", 0, None)):
+    os.makedirs(tmp_path / row / f"s{seed}" / "diagnose")
+    json.dump(record(g, g is not None), open(tmp_path / row / f"s{seed}" / "diagnose" / "ldm.json", "w"))
+  table = tables.diagnose_table(tables.fmnist_records(str(tmp_path), stage="diagnose"))
+  (element,) = [line for line in table.splitlines() if line.startswith("| two-stage critic-gate, posterior CSEM, per-element")]
+  # |g - g*| averaged over the two times: 0.2 (seed 0) and 0.4 (seed 1): mean 0.3, sd 0.141.
+  assert element.startswith("| two-stage critic-gate, posterior CSEM, per-element gate | 0.300 ± 0.141 (2) | 0.600 ± 0.000 (2) |")
+  assert element.endswith("| 2.000 ± 0.000 (2) | 4.000 ± 0.000 (2) | 2.000 ± 0.000 (2) |")
+  (c,) = [line for line in table.splitlines() if line.startswith("| (c)")]
+  assert c.startswith("| (c) two-stage Tweedie LDM (reg. KL) | - | - | - | 0.500 (1) | 0.200 (1) | 2.000 (1) |")
+  assert not any(line.startswith("| two-stage LSI") for line in table.splitlines())  # no record: no line
+  assert "Over 2 times, log-SNR -1.0 to 10.0; 1000 test posteriors." in table
