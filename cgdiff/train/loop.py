@@ -6,6 +6,7 @@ the VAE, the latent diffusion model and co-training all use it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import time
@@ -21,6 +22,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cgdiff.train import checkpoint, step as step_lib, writers
 from cgdiff.train.state import TrainState, create_state, make_optimizer
 
+# Steps dispatched but not finished, at most. XLA:CPU's client admits 32 executions in flight per
+# device and blocks the thread that asks for one more; with several CPU devices and host-copied inputs
+# that thread is one of the client's pool threads, which a device then lacks to start its step, while
+# the other device waits for it in the gradients' all-reduce: a deadlock (README Reliability,
+# tests/test_faults.py). Two keep the next step's dispatch overlapping the running one.
+MAX_STEPS_IN_FLIGHT = 2
 
 @dataclasses.dataclass(frozen=True)
 class TrainLoopConfig:
@@ -116,6 +123,7 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
                                  resume_step=start)
   replicated = replicate(state)
   pending: list[tuple[int, dict]] = []
+  in_flight: collections.deque = collections.deque()
   last_time, last_step, first_time = time.perf_counter(), start, None
   global_size = 0
 
@@ -152,6 +160,9 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
       example_ids = device_batch(np.arange(global_size), num_devices)
       replicated, metrics = p_step(replicated, device_batch(batch, num_devices), example_ids, key)
       pending.append((step, metrics))
+      in_flight.append(metrics)
+      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+        jax.block_until_ready(in_flight.popleft())
       done = step + 1
       if first_time is None:
         jax.block_until_ready(metrics)
