@@ -29,6 +29,7 @@ from cgdiff.train.state import TrainState, create_state, make_optimizer
 # tests/test_faults.py). Two keep the next step's dispatch overlapping the running one.
 MAX_STEPS_IN_FLIGHT = 2
 
+
 @dataclasses.dataclass(frozen=True)
 class TrainLoopConfig:
   num_steps: int
@@ -90,7 +91,8 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
 
   batch_fn(step) -> the global batch of `step` (a pytree of arrays [B, ...]); it must depend on the
   step only, which with the per-step keys makes a resumed run identical to an uninterrupted one.
-  Checkpoints go to workdir/checkpoints, verified (checkpoint.py: a run resumes from the newest intact
+  At most MAX_STEPS_IN_FLIGHT steps are dispatched ahead of the devices. Checkpoints go to
+  workdir/checkpoints, verified (checkpoint.py: a run resumes from the newest intact
   one), metrics to workdir (metrics.jsonl, TensorBoard), flushed at every log step; a resumed run drops
   what the killed run logged after its checkpoint and logs it again (writers.py). A run whose latest
   intact checkpoint is at num_steps returns it without training. A non-finite loss stops training with
