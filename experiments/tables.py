@@ -100,24 +100,16 @@ def fmnist_records(results: str = FMNIST_RESULTS, stage: str = "eval") -> dict[s
   return out
 
 
-def mean_spread(values: Sequence[float], digits: int) -> str:
-  """'mean ± sd (n)' over seeds; the sd is the sample standard deviation (n - 1)."""
+def mean_spread(values: Sequence[float | None], mean_format: str, spread_format: str | None = None) -> str:
+  """'mean ± sd (n)' over seeds (None values left out; '-' if none), the mean in `mean_format` and the
+  sd, the sample standard deviation (n - 1), in `spread_format` (default: the mean's)."""
   values = [v for v in values if v is not None]
   if not values:
     return "-"
   if len(values) == 1:
-    return f"{values[0]:.{digits}f} (1)"
-  return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} ({len(values)})"
-
-
-def mean_spread_sci(values: Sequence[float]) -> str:
-  """mean_spread in scientific notation."""
-  values = [v for v in values if v is not None]
-  if not values:
-    return "-"
-  if len(values) == 1:
-    return f"{values[0]:.2e} (1)"
-  return f"{statistics.fmean(values):.2e} ± {statistics.stdev(values):.1e} ({len(values)})"
+    return f"{values[0]:{mean_format}} (1)"
+  return (f"{statistics.fmean(values):{mean_format}} ± {statistics.stdev(values):{spread_format or mean_format}} "
+          f"({len(values)})")
 
 
 def fmnist_table(records: dict[str, list[dict[str, Any]]]) -> str:
@@ -133,8 +125,9 @@ def fmnist_table(records: dict[str, list[dict[str, Any]]]) -> str:
     floor = [v for r in seeds for v in r["sw2"]["real_vs_real"]["values"]]
     paper = ("-", "-", "-") if row.paper is None else (f"{row.paper[0]:.2f}", f"{row.paper[1]:.2f}",
                                                       f"{row.paper[2]:.2e}")
-    lines.append(f"| {row.label} | {mean_spread(metric('recon_fid'), 2)} | {mean_spread(metric('fid'), 2)} | "
-                 f"{mean_spread_sci(metric('sw2_squared'))} | {mean_spread_sci(floor)} | " + " | ".join(paper) + " |")
+    cells = [mean_spread(metric("recon_fid"), ".2f"), mean_spread(metric("fid"), ".2f"),
+             mean_spread(metric("sw2_squared"), ".2e", ".1e"), mean_spread(floor, ".2e", ".1e"), *paper]
+    lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -158,7 +151,7 @@ def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
     seeds = records.get(row.name)
     if not seeds:
       continue
-    cells = [mean_spread([statistics.fmean(r["gates"][key]) if key in r["gates"] else None for r in seeds], 3)
+    cells = [mean_spread([statistics.fmean(r["gates"][key]) if key in r["gates"] else None for r in seeds], ".3f")
              for _, key in DIAGNOSE_COLUMNS]
     lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
   times = next((r for seeds in records.values() for r in seeds), None)
