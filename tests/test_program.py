@@ -96,17 +96,17 @@ def test_a_failing_row_is_retried_once_then_left_for_the_next_run(fake_rows):
 
 def test_a_hung_row_is_retried_up_to_max_stalls_times(monkeypatch, fake_rows):
   root, results = str(fake_rows / "runs"), str(fake_rows / "results")
-  real_run_one, outcomes = program.run_one, {}
+  real_run_one, attempts = program.run_one, {}
 
   def run_one(run, overrides, root):  # hangs `stalls` times, then runs for real
     os.makedirs(run.workdir, exist_ok=True)
-    outcomes[run.name] = outcomes.get(run.name, 0) + 1
+    attempts[run.name] = attempts.get(run.name, 0) + 1
     stalls = {"c/s0": program.MAX_STALLS, "lsi/s0": program.MAX_STALLS + 1}[run.name]
-    return program.STALLED if outcomes[run.name] <= stalls else real_run_one(run, overrides, root)
+    return program.STALLED if attempts[run.name] <= stalls else real_run_one(run, overrides, root)
 
   monkeypatch.setattr(program, "run_one", run_one)
   program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
-  assert outcomes == {"c/s0": program.MAX_STALLS + 1, "lsi/s0": program.MAX_STALLS + 1}
+  assert attempts == {"c/s0": program.MAX_STALLS + 1, "lsi/s0": program.MAX_STALLS + 1}
   assert calls(root) == ["c/s0"]
   assert os.path.exists(os.path.join(root, "c", "s0", "done.json"))
   assert os.path.exists(os.path.join(root, "lsi", "s0", "failed.json"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from experiments import tables
 
 
@@ -62,3 +64,13 @@ def test_diagnose_table_averages_over_times_then_seeds_and_leaves_gateless_rows_
   assert c.startswith("| (c) two-stage Tweedie LDM (reg. KL) | - | - | - | 0.500 (1) | 0.200 (1) | 2.000 (1) |")
   assert not any(line.startswith("| two-stage LSI") for line in table.splitlines())  # no record: no line
   assert "Over 2 times, log-SNR -1.0 to 10.0; 1000 test posteriors." in table
+
+
+def test_diagnose_table_refuses_records_of_different_settings(tmp_path):
+  for row, times in (("c", [0.001, 0.5]), ("lsi", [0.001, 0.9])):
+    os.makedirs(tmp_path / row / "s0" / "diagnose")
+    record = {"stage": "diagnose", "times": times, "log_snr": [10.0, -1.0], "num_posteriors": 1000,
+              "split": "test", "gates": {"critic_vs_lsi": [1.0, 1.0]}}
+    json.dump(record, open(tmp_path / row / "s0" / "diagnose" / "ldm.json", "w"))
+  with pytest.raises(ValueError, match="different settings"):
+    tables.diagnose_table(tables.fmnist_records(str(tmp_path), stage="diagnose"))

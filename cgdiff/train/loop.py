@@ -90,12 +90,12 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
   """Trains `params` for loop.num_steps steps and returns the final (unreplicated) state.
 
   batch_fn(step) -> the global batch of `step` (a pytree of arrays [B, ...]); it must depend on the
-  step only, which with the per-step keys makes a resumed run identical to an uninterrupted one.
-  At most MAX_STEPS_IN_FLIGHT steps are dispatched ahead of the devices. Checkpoints go to
-  workdir/checkpoints, verified (checkpoint.py: a run resumes from the newest intact
-  one), metrics to workdir (metrics.jsonl, TensorBoard), flushed at every log step; a resumed run drops
-  what the killed run logged after its checkpoint and logs it again (writers.py). A run whose latest
-  intact checkpoint is at num_steps returns it without training. A non-finite loss stops training with
+  step only, which with the per-step keys makes a resumed run identical to an uninterrupted one. At
+  most MAX_STEPS_IN_FLIGHT steps are dispatched and unfinished at a time. Checkpoints go to
+  workdir/checkpoints, verified (checkpoint.py: a run resumes from the newest intact one), metrics to
+  workdir (metrics.jsonl, TensorBoard), flushed at every log step; a resumed run drops what the killed
+  run logged after its checkpoint and logs it again (writers.py). A run whose latest intact checkpoint
+  is at num_steps returns it without training. A non-finite loss stops training with
   FloatingPointError naming the newest verified checkpoint; none is written after it.
 
   Raises:
@@ -125,7 +125,7 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
                                  resume_step=start)
   replicated = replicate(state)
   pending: list[tuple[int, dict]] = []
-  in_flight: collections.deque = collections.deque()
+  in_flight: collections.deque[dict[str, jax.Array]] = collections.deque()  # metrics of unfinished steps
   last_time, last_step, first_time = time.perf_counter(), start, None
   global_size = 0
 
@@ -160,11 +160,11 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
         raise ValueError(f"global batch {global_size} is not divisible by {num_devices} devices x "
                          f"{jax.process_count()} hosts.")
       example_ids = device_batch(np.arange(global_size), num_devices)
+      while len(in_flight) >= MAX_STEPS_IN_FLIGHT:
+        jax.block_until_ready(in_flight.popleft())
       replicated, metrics = p_step(replicated, device_batch(batch, num_devices), example_ids, key)
       pending.append((step, metrics))
       in_flight.append(metrics)
-      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-        jax.block_until_ready(in_flight.popleft())
       done = step + 1
       if first_time is None:
         jax.block_until_ready(metrics)
