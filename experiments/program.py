@@ -276,7 +276,10 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
         if status == 0:
           break
         log(f"{run.name}: exit status {status}, {seconds:.0f} s after its first attempt began; log {run.workdir}/run.log")
-        stalls, crashes = (stalls + 1, crashes) if status == STALLED else (stalls, crashes + 1)
+        if status == STALLED:
+          stalls += 1
+        else:
+          crashes += 1
         if crashes > 1 or stalls > MAX_STALLS:
           break
       if status != 0:

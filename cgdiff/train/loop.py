@@ -6,7 +6,6 @@ the VAE, the latent diffusion model and co-training all use it.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import time
@@ -125,7 +124,6 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
                                  resume_step=start)
   replicated = replicate(state)
   pending: list[tuple[int, dict]] = []
-  in_flight: collections.deque[dict[str, jax.Array]] = collections.deque()  # metrics of unfinished steps
   last_time, last_step, first_time = time.perf_counter(), start, None
   global_size = 0
 
@@ -160,11 +158,12 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
         raise ValueError(f"global batch {global_size} is not divisible by {num_devices} devices x "
                          f"{jax.process_count()} hosts.")
       example_ids = device_batch(np.arange(global_size), num_devices)
-      while len(in_flight) >= MAX_STEPS_IN_FLIGHT:
-        jax.block_until_ready(in_flight.popleft())
+      # `pending` holds the metrics of every step not yet logged, in order; steps finish in order (each
+      # takes the last one's state), so the step MAX_STEPS_IN_FLIGHT back finished means all before it did.
+      if len(pending) >= MAX_STEPS_IN_FLIGHT:
+        jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT][1])
       replicated, metrics = p_step(replicated, device_batch(batch, num_devices), example_ids, key)
       pending.append((step, metrics))
-      in_flight.append(metrics)
       done = step + 1
       if first_time is None:
         jax.block_until_ready(metrics)
