@@ -233,7 +233,7 @@ def _fid(config, decode, samples_store, latents, reference, recon_latents, split
   with timer("reference_statistics"):
     reference_stats = fid.reference_stats(
         dataset_id(config), split, lambda: reference, cfg.cache_dir, num_images=len(reference),
-        variables=variables, batch_size=batch, progress="Inception: real images")
+        variables=variables, batch_size=batch, progress="Inception: real images", chunk=cfg.chunk_size)
   # The samples' features live with their latents; the reconstructions' in the shared statistics cache,
   # keyed by what they depend on (VAE, bank, images), so every row on this VAE finds them.
   stores = {"sample_features": chunks.ChunkStore.keyed(samples_store.directory, "inception",

@@ -142,8 +142,9 @@ def chunk_files(*directories: str) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def fid_runs(trained, tmp_path_factory):
-  """In one workdir: an evaluation killed after the first chunk of the latents, then of the samples'
-  features, then of the reconstructions' features, then resumed to the end; its outputs moved aside; the
+  """In one workdir: an evaluation killed after the first chunk of the latents, then of the reference
+  images' features, then of the samples' features, then of the reconstructions' features, then resumed
+  to the end; its outputs moved aside; the
   same evaluation uninterrupted; then another sampler on the same VAE."""
   root = tmp_path_factory.mktemp("fid")
   workdir, cache = str(root / "run"), str(root / "cache")
@@ -152,7 +153,7 @@ def fid_runs(trained, tmp_path_factory):
                        num_reference=8, inception_batch_size=4)
   saved = []
   with pytest.MonkeyPatch.context() as monkeypatch:
-    for where in ("latents_", "/inception_", "/reconstructions/"):
+    for where in ("latents_", "_chunks/features_", "/inception_", "/reconstructions/"):
       kill_after(monkeypatch, where, saved)
       with pytest.raises(Killed):
         evaluation.run(config, workdir)
@@ -173,9 +174,10 @@ def fid_runs(trained, tmp_path_factory):
 @needs_weights
 def test_a_killed_evaluation_resumes_to_the_same_record_and_bits(fid_runs):
   resumed, resumed_files, saved, uninterrupted, uninterrupted_files, _ = fid_runs
-  # 2 chunks each of latents, sample features and reconstruction features, each computed once across
-  # the four runs (the fixture checks): the last run computed only the reconstructions' second chunk.
-  assert len([path for path in saved if "/banks/" not in path]) == 6
+  # 2 chunks each of latents, reference, sample and reconstruction features, each computed once across
+  # the five runs (the fixture checks): the last run computed only the reconstructions' second chunk.
+  assert len([path for path in saved if "/banks/" not in path]) == 8
+  assert len([path for path in saved if "_chunks/features_" in path]) == 2
   assert resumed["chunks"] == {"computed": {"samples": 0, "sample_features": 0, "reconstruction_features": 1},
                                "loaded": {"samples": 2, "sample_features": 2, "reconstruction_features": 1}}
   assert len(resumed_files) == 6 and resumed_files == uninterrupted_files

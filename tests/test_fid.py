@@ -270,6 +270,42 @@ def test_reference_stats_cache_their_factor(tmp_path, monkeypatch):
   np.testing.assert_array_equal(fid.FeatureStats.load(str(path))[0].factor, stored.factor)
 
 
+def test_reference_stats_resume_from_their_feature_chunks(tmp_path, monkeypatch):
+  """A computation killed after its first chunk keeps it: the rerun computes only the other chunks and
+  saves the statistics of the uninterrupted computation, bit for bit; the chunks are deleted then."""
+  rng = np.random.default_rng(3)
+  images = rng.uniform(-1, 1, (10, 4, 4, 1)).astype(np.float32)
+  variables = {"params": {"w": np.ones(3, np.float32)}}
+  calls = []
+
+  def features(variables, images, batch_size, quantize, progress):  # a deterministic stand-in network
+    calls.append(len(images))
+    if len(calls) == 2 and killed:
+      raise KeyboardInterrupt("killed")
+    return images.reshape(len(images), -1)[:, :5] * 2.0
+
+  monkeypatch.setattr(inception, "inception_features", features)
+  killed = False
+  expected = fid.reference_stats("toy", "test", lambda: images, str(tmp_path / "whole"), num_images=10,
+                                 variables=variables, batch_size=2, chunk=3)  # chunks of 4: 4 + 4 + 2
+  assert calls == [4, 4, 2]
+  calls.clear()
+  killed = True
+  with pytest.raises(KeyboardInterrupt):
+    fid.reference_stats("toy", "test", lambda: images, str(tmp_path / "killed"), num_images=10,
+                        variables=variables, batch_size=2, chunk=3)
+  (chunk_dir,) = (tmp_path / "killed").iterdir()
+  assert sorted(p.name for p in chunk_dir.glob("*.npy")) == ["features_000000_000004.npy"]
+  calls.clear()
+  killed = False
+  resumed = fid.reference_stats("toy", "test", lambda: images, str(tmp_path / "killed"), num_images=10,
+                                variables=variables, batch_size=2, chunk=3)
+  assert calls == [4, 2]
+  for field in ("mean", "cov", "factor"):
+    np.testing.assert_array_equal(getattr(resumed, field), getattr(expected, field))
+  assert [p.suffix for p in (tmp_path / "killed").iterdir()] == [".npz"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Input pipeline of the TF-FID graph.
 

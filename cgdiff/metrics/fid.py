@@ -7,9 +7,10 @@
                                  |mu1 - mu2|^2 + tr cov1 + tr cov2 - 2 tr sqrt(cov1 cov2)
     trace_sqrt_product(cov1, cov2, factor1, factor2)   tr sqrt(cov1 cov2), see below
     fid_from_features(f1, f2)    the distance between the statistics of two feature sets [N, D]
-    reference_stats(name, split, images_fn, cache_dir, num_images=...)
+    reference_stats(name, split, images_fn, cache_dir, num_images=..., chunk=...)
                                  TF-FID Inception statistics of real data (with their factor), cached
-                                 per data set / split / N / weights / quantisation
+                                 per data set / split / N / weights / quantisation; with `chunk`, a
+                                 killed computation resumes from its saved feature chunks
 
 tr sqrt(cov1 cov2) is computed without the square root of the non-symmetric product (TTUR's
 scipy.linalg.sqrtm, which can return complex parts, needs scipy and takes a minute at D = 2048). With
@@ -38,10 +39,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Any, Callable
 
 import numpy as np
 
+from cgdiff import chunks
 from cgdiff.metrics import inception, inception_weights
 
 # An eigenvalue of a covariance below -NEGATIVE_EIGENVALUE_TOLERANCE * (largest |eigenvalue|) is not
@@ -256,7 +259,7 @@ def default_stats_dir() -> str:
 
 def reference_stats(name: str, split: str, images_fn: Callable[[], Any], cache_dir: str | None = None, *,
                     num_images: int, variables: Any = None, batch_size: int = 50, quantize: bool = True,
-                    progress: inception.Progress = None) -> FeatureStats:
+                    progress: inception.Progress = None, chunk: int | None = None) -> FeatureStats:
   """Inception statistics of `num_images` real images of data set `name`, `split`, computed once, cached
   with their factor (the square root cov^{1/2} for n > D), so that each FID against them skips that eigh.
 
@@ -264,6 +267,11 @@ def reference_stats(name: str, split: str, images_fn: Callable[[], Any], cache_d
   default: `default_stats_dir()`) is keyed by the data set, split, N, the weights (`params_hash`) and the
   quantisation; `images_fn()` is called only when it is absent and must return the `num_images` images
   [N, H, W, C] in [-1, 1]. `variables` default to `load_inception_params()`.
+
+  With `chunk` (images, rounded up to whole batches), the features are saved chunk by chunk beside the
+  cache file (`<cache file without .npz>_chunks/`, cgdiff.chunks) as they are computed, so that a killed
+  computation (10k images are ~18 minutes on 2 CPU cores) resumes where it stopped; the chunks are
+  deleted once the statistics are saved.
   """
   n = num_images
   if n < 2:
@@ -286,6 +294,17 @@ def reference_stats(name: str, split: str, images_fn: Callable[[], Any], cache_d
   images = images_fn()
   if np.shape(images)[0] != n:
     raise ValueError(f"images_fn() returned {np.shape(images)[0]} images for {name}/{split}, expected {n}.")
-  stats = inception_stats(variables, images, batch_size, quantize, progress).with_factor()
+  if chunk is None:
+    stats, store = inception_stats(variables, images, batch_size, quantize, progress), None
+  else:
+    store = chunks.ChunkStore(path[:-len(".npz")] + "_chunks", {**metadata, "batch_size": batch_size})
+    whole_batches = -(-chunk // batch_size) * batch_size
+    stats = FeatureStats.from_features(store.array(
+        "features", lambda start, stop: inception.inception_features(
+            variables, images[start:stop], batch_size, quantize, progress),
+        n, whole_batches, label=f"reference features {name}/{split}"))
+  stats = stats.with_factor()
   stats.save(path, **metadata)
+  if store is not None:  # the statistics hold everything the chunks did
+    shutil.rmtree(store.directory)
   return stats
