@@ -1,6 +1,7 @@
 """Markdown tables from run records.
 
     python -m experiments.tables                    # the Fashion-MNIST results and diagnosis tables (README "Results")
+    python -m experiments.tables RESULTS_DIR        # the same tables of another program's results directory
     python -m experiments.tables RECORD.json [...]  # the tables of exact-field and pilot records
 
 The README's tables are this script's output as printed, so every number there traces to a record.
@@ -170,11 +171,14 @@ def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def main(paths: list[str]) -> None:
-  if not paths:
-    print(fmnist_table(fmnist_records()), end="\n\n")
-    print(diagnose_table(fmnist_records(stage="diagnose")))
+  if not paths or (len(paths) == 1 and os.path.isdir(paths[0])):
+    results = paths[0] if paths else FMNIST_RESULTS
+    print(fmnist_table(fmnist_records(results)), end="\n\n")
+    print(diagnose_table(fmnist_records(results, stage="diagnose")))
     return
   for path in paths:
+    if not os.path.isfile(path):
+      sys.exit(f"{path}: no such record (give one results directory, or record .json files).")
     with open(path) as f:
       record = json.load(f)
     # (The first pilot records were written before the pilot named its stage.)

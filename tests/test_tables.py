@@ -30,6 +30,17 @@ def test_fmnist_table_gives_mean_and_spread_over_seeds_beside_002(tmp_path):
   assert "| - | - | - | - |" in lsi
 
 
+
+def test_the_command_reads_a_results_directory_and_names_a_missing_record(tmp_path, capsys):
+  directory = tmp_path / "c" / "s0"
+  os.makedirs(directory)
+  json.dump(eval_record(10.0, [1e-4, 3e-4]), open(directory / "ldm_rk4_10_n10000.json", "w"))
+  tables.main([str(tmp_path)])
+  assert "| 10.00 (1) |" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="missing.json: no such record"):
+    tables.main([str(tmp_path / "missing.json")])
+
+
 def test_pilot_tables():
   stages = {kind: {"best": 0.25} for kind in ("vae", "ldm", "ldm_gate", "cotrain")}
   record = {"stage": "pilot", "timing": {
