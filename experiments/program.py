@@ -24,6 +24,7 @@ import datetime
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -50,6 +51,9 @@ FIRST_SEEDS = (0, 1)
 THIRD_SEED = 2
 # Training stages and what their cost is measured by (experiments.run's stage names).
 TRAINING_STAGES = ("vae", "cotrain", "ldm")
+# Inception's per-batch progress lines: 9 in 10 lines of an evaluation's log, and the chunk lines that
+# follow them say the same with their times; left out of the committed copy of run.log.
+PROGRESS_LINE = re.compile(r"\] Inception: [^:]*: \d+/\d+ images$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +142,7 @@ def planned_runs(root: str) -> list[Run]:
 # --- artefacts -----------------------------------------------------------------------------------------
 def copy_artefacts(run: Run, results: str) -> list[str]:
   """Copies the run's small artefacts (eval records and figures, the diagnose stage's record and figures
-  in diagnose/, training logs and stage configs) to
+  in diagnose/, training logs and stage configs, run.log without Inception's progress lines) to
   <results>/<row>/s<seed>/ (the shared VAE's to <results>/<home>/s<seed>/); returns the paths written."""
   written = []
 
@@ -149,6 +153,14 @@ def copy_artefacts(run: Run, results: str) -> list[str]:
     written.append(target)
 
   target = os.path.join(results, run.row.name, f"s{run.seed}")
+  # The row's log (every attempt, the shared VAE's training where this row trained it): where the
+  # records' wall times can be checked against the times of each logged step and chunk.
+  with open(os.path.join(run.workdir, "run.log"), errors="replace") as source:
+    kept = [line for line in source if not PROGRESS_LINE.search(line.rstrip("\n"))]
+  os.makedirs(target, exist_ok=True)
+  with open(os.path.join(target, "run.log"), "w") as log:
+    log.writelines(kept)
+  written.append(os.path.join(target, "run.log"))
   for path in sorted(glob.glob(os.path.join(run.workdir, "eval", "*.json"))
                      + glob.glob(os.path.join(run.workdir, "eval", "*.png"))):
     copy(path, target)

@@ -24,6 +24,8 @@ if os.path.exists(fail):
   sys.exit(3)
 os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
 os.makedirs(os.path.join(workdir, "ldm"), exist_ok=True)
+print(f"I1202 00:00:00.0 1 inception.py:390] Inception: real images: 50/100 images")
+print(f"I1202 00:00:00.0 1 chunks.py:99] Inception: real images: rows 0..100 of 100 -> x.npy")
 record = {"stage": "eval", "metrics": {"fid": 10.0 + seed, "recon_fid": 5.0, "sw2_squared": 1e-3},
           "wall_seconds": {"total": 60.0}}
 json.dump(record, open(os.path.join(workdir, "eval", "ldm_rk4_10_n8.json"), "w"))
@@ -72,7 +74,9 @@ def test_program_runs_each_row_once_copies_its_artefacts_and_resumes(fake_rows):
   for row in ("c", "lsi"):
     assert os.path.exists(os.path.join(root, row, "s0", "done.json"))
     copied = sorted(os.listdir(os.path.join(results, row, "s0")))
-    assert copied == ["ldm", "ldm_rk4_10_n8.json", "ldm_rk4_10_n8_grid.png"]
+    assert copied == ["ldm", "ldm_rk4_10_n8.json", "ldm_rk4_10_n8_grid.png", "run.log"]
+    log = open(os.path.join(results, row, "s0", "run.log")).read()
+    assert "rows 0..100 of 100" in log and "50/100 images" not in log
   program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
   assert calls(root) == ["c/s0", "lsi/s0"]  # nothing run again
   assert not os.path.exists(os.path.join(root, program.LOCK))
