@@ -340,11 +340,17 @@ def _stage_kind(stage: str, config_path: str) -> str:
   return stage
 
 
+# Parts of an eval record's wall time that not every row pays: the real images' statistics (once, then
+# cached for every row) and the reconstructions' Inception features (once per VAE; shared by its rows).
+ONCE_PER_PROGRAM, ONCE_PER_VAE = "reference_statistics", "recon_fid_features"
+
+
 def measured_costs(root: str) -> dict[str, float]:
-  """Seconds per training step of each stage kind (median steps/s of every logged interval so far) and
-  seconds per eval (the mean total wall time of the eval records), over the whole program's workdirs."""
+  """Seconds per training step of each stage kind (median steps/s of every logged interval so far),
+  seconds per eval without the once-only parts ("eval") and for a VAE's reconstructions ("recon"), the
+  means over the eval records, over the whole program's workdirs."""
   rates: dict[str, list[float]] = {}
-  evals = []
+  evals, recons = [], []
   for run in runs_for(FIRST_SEEDS + (THIRD_SEED,), root):
     for workdir in filter(None, (run.workdir, run.vae_workdir)):
       for stage in TRAINING_STAGES:
@@ -354,10 +360,15 @@ def measured_costs(root: str) -> dict[str, float]:
             if m.get("steps_per_sec"))
     record = eval_record(run.workdir) if run.done() else None
     if record is not None:
-      evals.append(record["wall_seconds"]["total"])
+      wall = record["wall_seconds"]
+      evals.append(wall["total"] - wall.get(ONCE_PER_PROGRAM, 0.0) - wall.get(ONCE_PER_VAE, 0.0))
+      if wall.get(ONCE_PER_VAE, 0.0) > 60:  # the row that computed them (others load them in seconds)
+        recons.append(wall[ONCE_PER_VAE])
   costs = {kind: 1.0 / statistics.median(values) for kind, values in rates.items() if values}
   if evals:
     costs["eval"] = statistics.fmean(evals)
+  if recons:
+    costs["recon"] = statistics.fmean(recons)
   return costs
 
 
@@ -382,11 +393,16 @@ def pilot_costs(results: str) -> dict[str, float]:
 def remaining_seconds(run: Run, costs: dict[str, float], num_steps: int,
                       counted: set[str] | None = None) -> float | None:
   """Seconds left for `run`: its training stages' remaining steps (latest checkpoint against num_steps)
-  and its eval; None where a cost is unknown. counted: the stage directories already counted for
-  earlier runs (a shared VAE is trained once, by the first run that needs it); updated."""
+  and its eval (with its VAE's reconstructions where no earlier run computes them, if their cost is
+  known: the pilot's eval cost includes them); None where a cost is unknown. counted: the stage
+  directories and VAEs already counted for earlier runs (a shared VAE is trained once, and its
+  reconstructions computed once, by the first run that needs it); updated, for done runs too."""
+  counted = set() if counted is None else counted
+  recon_key = "recon:" + (run.vae_workdir or run.workdir)
+  first_on_vae = recon_key not in counted
+  counted.add(recon_key)
   if run.done():
     return 0.0
-  counted = set() if counted is None else counted
   import importlib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(run.row.config[:-3].replace("/", ".")).get_config()
   total = 0.0
@@ -405,7 +421,7 @@ def remaining_seconds(run: Run, costs: dict[str, float], num_steps: int,
     elif stage == "eval":
       if "eval" not in costs:
         return None
-      total += costs["eval"]
+      total += costs["eval"] + (costs.get("recon", 0.0) if first_on_vae else 0.0)
   return total
 
 
@@ -417,11 +433,11 @@ def status(root: str, results: str) -> str:
   running = lock.get("run") if lock else None
   lines, left, unknown, counted = [], 0.0, False, set()
   for run in planned_runs(root):
+    seconds = remaining_seconds(run, costs, num_steps, counted)
     if run.done():
       record = eval_record(run.workdir)
       lines.append(f"  done     {run.name:16s} {summary(record) if record else ''}")
       continue
-    seconds = remaining_seconds(run, costs, num_steps, counted)
     unknown |= seconds is None
     left += seconds or 0.0
     if run.name == running:
@@ -436,7 +452,7 @@ def status(root: str, results: str) -> str:
   total = f"left: ~{left / 3600:.1f} h" + (" (+ runs of unknown cost)" if unknown else "")
   third = third_seed_rows(fids_by_row(root, FIRST_SEEDS))
   return "\n".join([head, *lines, total, f"third seeds called for: {third or 'none (yet)'}",
-                    f"costs (s/step by stage kind, s/eval): {json.dumps({k: round(v, 3) for k, v in costs.items()})}"])
+                    f"costs (s/step by stage kind; s per eval, per VAE's reconstructions): {json.dumps({k: round(v, 3) for k, v in costs.items()})}"])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

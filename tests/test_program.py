@@ -27,7 +27,7 @@ os.makedirs(os.path.join(workdir, "ldm"), exist_ok=True)
 print(f"I1202 00:00:00.0 1 inception.py:390] Inception: real images: 50/100 images")
 print(f"I1202 00:00:00.0 1 chunks.py:99] Inception: real images: rows 0..100 of 100 -> x.npy")
 record = {"stage": "eval", "metrics": {"fid": 10.0 + seed, "recon_fid": 5.0, "sw2_squared": 1e-3},
-          "wall_seconds": {"total": 60.0}}
+          "wall_seconds": {"total": 100.0, "reference_statistics": 25.0, "recon_fid_features": 15.0}}
 json.dump(record, open(os.path.join(workdir, "eval", "ldm_rk4_10_n8.json"), "w"))
 open(os.path.join(workdir, "eval", "ldm_rk4_10_n8_grid.png"), "wb").write(b"png")
 open(os.path.join(workdir, "ldm", "metrics.jsonl"), "w").write(json.dumps({"step": 100, "steps_per_sec": 4.0}) + "\n")
@@ -139,21 +139,24 @@ def test_status_counts_what_is_left_with_the_measured_costs(fake_rows):
   text = program.status(root, results)
   assert "done     c/s0" in text and "FID 10.00" in text
   costs = program.measured_costs(root)
+  # The stand-in's eval: 100 s in all, of which 25 s the reference statistics and 15 s reconstructions
+  # (too short to be the row that computed them: not a reconstruction cost).
   assert costs["ldm"] == pytest.approx(0.25) and costs["eval"] == pytest.approx(60.0)
+  assert "recon" not in costs
 
 
 def test_a_shared_vae_is_counted_once_in_what_is_left(tmp_path):
   """Five two-stage rows of a seed share one VAE: the first needs its steps, the others only their LDMs."""
   root = str(tmp_path / "runs")
-  costs = {"vae": 1.0, "ldm": 0.5, "ldm_gate": 0.5, "cotrain": 2.0, "eval": 100.0}
+  costs = {"vae": 1.0, "ldm": 0.5, "ldm_gate": 0.5, "cotrain": 2.0, "eval": 100.0, "recon": 30.0}
   runs = {run.name: run for run in program.runs_for((0,), root)}
   counted: set[str] = set()
   c = program.remaining_seconds(runs["c/s0"], costs, 10, counted)
   lsi = program.remaining_seconds(runs["lsi/s0"], costs, 10, counted)
-  assert (c, lsi) == (10 * 1.0 + 10 * 0.5 + 100.0, 10 * 0.5 + 100.0)
+  assert (c, lsi) == (10 * 1.0 + 10 * 0.5 + 100.0 + 30.0, 10 * 0.5 + 100.0)
   a = program.remaining_seconds(runs["a/s0"], costs, 10, counted)
   b = program.remaining_seconds(runs["b/s0"], costs, 10, counted)  # (a)'s co-trained VAE: counted with (a)
-  assert (a, b) == (10 * 2.0 + 100.0, 10 * 0.5 + 100.0)
+  assert (a, b) == (10 * 2.0 + 100.0 + 30.0, 10 * 0.5 + 100.0)
 
 
 def test_commit_takes_only_the_given_paths(tmp_path):
