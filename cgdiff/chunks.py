@@ -29,6 +29,11 @@ from cgdiff import records
 SETTINGS_FILE = "settings.json"
 
 
+def round_up(value: int, multiple: int) -> int:
+  """The smallest multiple of `multiple` >= value (a chunk of whole batches)."""
+  return -(-value // multiple) * multiple
+
+
 def save_atomic(path: str, array: np.ndarray) -> str:
   """np.save to a temporary file, then rename it to `path`: a reader never sees half an array."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -32,7 +32,6 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -40,7 +39,7 @@ import numpy as np
 from absl import logging
 
 from cgdiff import chunks, diagnostics, plots, records, samplers, targets
-from cgdiff.metrics import banks, fid, inception, inception_weights, projections, sw2
+from cgdiff.metrics import banks, fid, inception_weights, projections, sw2
 from experiments import common, latent_space, sampling
 
 
@@ -57,11 +56,6 @@ class _Timer:
     self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def round_up(value: int, multiple: int) -> int:
-  """The smallest multiple of `multiple` >= value (a chunk of whole batches)."""
-  return -(-value // multiple) * multiple
-
-
 def dataset_id(config: ml_collections.ConfigDict) -> str:
   """config.data.name, and for generated data sets a hash of their arguments (size, seed, channels):
   what keys the caches of real-image statistics."""
@@ -74,16 +68,6 @@ def posterior_latents(networks: sampling.TrainedNetworks, images: np.ndarray, ep
   each [N, h, w, C]; eps [N, h, w, C] are the images' rows of a posterior noise bank."""
   mean, logvar = common.encode_all(networks.vae, networks.vae_params, images)
   return mean, logvar, np.asarray(targets.reparameterize(mean, logvar, eps))
-
-
-def inception_chunks(store: chunks.ChunkStore, variables: Any, decode: Callable[[np.ndarray], np.ndarray],
-                     latents: np.ndarray, batch_size: int, chunk: int, label: str) -> np.ndarray:
-  """Inception features [N, 2048] of decode(latents) (latents [N, h, w, C]), computed and saved chunk by
-  chunk (chunks of whole Inception batches)."""
-  return store.array(
-      "features", lambda start, stop: inception.inception_features(
-          variables, decode(latents[start:stop]), batch_size, progress=label),
-      len(latents), round_up(chunk, batch_size), label=label)
 
 
 def training_logs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, list[dict]]:
@@ -160,7 +144,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     latents = store.array(
         "latents", lambda start, stop: sampling.sample_rows(run_batch, path_key, cfg.batch_size, start, stop,
                                                             prior.noise),
-        cfg.num_samples, round_up(cfg.chunk_size, cfg.batch_size), label=f"{sample_cfg.method} latents")
+        cfg.num_samples, chunks.round_up(cfg.chunk_size, cfg.batch_size), label=f"{sample_cfg.method} latents")
   stores = {"samples": store}
 
   with timer("sw2"):
@@ -250,8 +234,10 @@ def _fid(config, decode, samples_store, latents, reference, recon_latents, split
                                     ("recon_fid", stores["reconstruction_features"], recon_latents,
                                      "reconstructed")):
     with timer(f"{key}_features"):
-      features = inception_chunks(store, variables, decode, source, batch, cfg.chunk_size,
-                                  f"Inception: {label} images")
+      progress = f"Inception: {label} images"
+      features = fid.inception_feature_chunks(
+          store, variables, lambda start, stop: decode(source[start:stop]), len(source), batch, cfg.chunk_size,
+          progress=progress, label=progress)
     with timer(key):
       metrics[key] = fid.fid_from_stats(fid.FeatureStats.from_features(features), reference_stats)
   reference_desc = (f"the Inception statistics of the first {len(reference)} {split} images (cached per "

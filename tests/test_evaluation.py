@@ -144,8 +144,8 @@ def chunk_files(*directories: str) -> dict[str, bytes]:
 def fid_runs(trained, tmp_path_factory):
   """In one workdir: an evaluation killed after the first chunk of the latents, then of the reference
   images' features, then of the samples' features, then of the reconstructions' features, then resumed
-  to the end; its outputs moved aside; the
-  same evaluation uninterrupted; then another sampler on the same VAE."""
+  to the end; its outputs moved aside; the same evaluation uninterrupted; then another sampler on the
+  same VAE."""
   root = tmp_path_factory.mktemp("fid")
   workdir, cache = str(root / "run"), str(root / "cache")
   shutil.copytree(trained, workdir)

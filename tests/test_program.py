@@ -24,8 +24,8 @@ if os.path.exists(fail):
   sys.exit(3)
 os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
 os.makedirs(os.path.join(workdir, "ldm"), exist_ok=True)
-print(f"I1202 00:00:00.0 1 inception.py:390] Inception: real images: 50/100 images")
-print(f"I1202 00:00:00.0 1 chunks.py:99] Inception: real images: rows 0..100 of 100 -> x.npy")
+print("I1202 00:00:00.0 1 inception.py:390] Inception: real images: 50/100 images")
+print("I1202 00:00:00.0 1 chunks.py:99] Inception: real images: rows 0..100 of 100 -> x.npy")
 record = {"stage": "eval", "metrics": {"fid": 10.0 + seed, "recon_fid": 5.0, "sw2_squared": 1e-3},
           "wall_seconds": {"total": 100.0, "reference_statistics": 25.0, "recon_fid_features": 15.0}}
 json.dump(record, open(os.path.join(workdir, "eval", "ldm_rk4_10_n8.json"), "w"))

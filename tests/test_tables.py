@@ -30,7 +30,6 @@ def test_fmnist_table_gives_mean_and_spread_over_seeds_beside_002(tmp_path):
   assert "| - | - | - | - |" in lsi
 
 
-
 def test_the_command_reads_a_results_directory_and_names_a_missing_record(tmp_path, capsys):
   directory = tmp_path / "c" / "s0"
   os.makedirs(directory)

@@ -7,6 +7,8 @@
                                  |mu1 - mu2|^2 + tr cov1 + tr cov2 - 2 tr sqrt(cov1 cov2)
     trace_sqrt_product(cov1, cov2, factor1, factor2)   tr sqrt(cov1 cov2), see below
     fid_from_features(f1, f2)    the distance between the statistics of two feature sets [N, D]
+    inception_feature_chunks(store, variables, images, total, batch_size, chunk)
+                                 Inception features saved chunk by chunk as they are computed (resumable)
     reference_stats(name, split, images_fn, cache_dir, num_images=..., chunk=...)
                                  TF-FID Inception statistics of real data (with their factor), cached
                                  per data set / split / N / weights / quantisation; with `chunk`, a
@@ -252,6 +254,18 @@ def inception_stats(variables: Any, images: Any, batch_size: int = 50, quantize:
       inception.inception_features(variables, images, batch_size, quantize, progress))
 
 
+def inception_feature_chunks(store: chunks.ChunkStore, variables: Any, images: Callable[[int, int], Any],
+                             total: int, batch_size: int, chunk: int, quantize: bool = True,
+                             progress: inception.Progress = None, label: str | None = None) -> np.ndarray:
+  """TF-FID Inception pool3 features [total, 2048] of images(start, stop) ([stop - start, H, W, C] in
+  [-1, 1]), computed and saved in `store` chunk by chunk (`chunk` rounded up to whole batches), so that
+  a killed computation resumes where it stopped (cgdiff.chunks)."""
+  return store.array(
+      "features", lambda start, stop: inception.inception_features(
+          variables, images(start, stop), batch_size, quantize, progress),
+      total, chunks.round_up(chunk, batch_size), label=label)
+
+
 def default_stats_dir() -> str:
   """Where reference statistics are cached: <cache root>/fid_stats ($CGDIFF_CACHE or ~/.cache/cgdiff)."""
   return os.path.join(inception_weights.cache_root(), "fid_stats")
@@ -298,11 +312,9 @@ def reference_stats(name: str, split: str, images_fn: Callable[[], Any], cache_d
     stats, store = inception_stats(variables, images, batch_size, quantize, progress), None
   else:
     store = chunks.ChunkStore(path[:-len(".npz")] + "_chunks", {**metadata, "batch_size": batch_size})
-    whole_batches = -(-chunk // batch_size) * batch_size
-    stats = FeatureStats.from_features(store.array(
-        "features", lambda start, stop: inception.inception_features(
-            variables, images[start:stop], batch_size, quantize, progress),
-        n, whole_batches, label=f"reference features {name}/{split}"))
+    stats = FeatureStats.from_features(inception_feature_chunks(
+        store, variables, lambda start, stop: images[start:stop], n, batch_size, chunk, quantize, progress,
+        label=f"reference features {name}/{split}"))
   stats = stats.with_factor()
   stats.save(path, **metadata)
   if store is not None:  # the statistics hold everything the chunks did
