@@ -213,6 +213,53 @@ def plot_gate_references(log_snr: np.ndarray, profile: Mapping[str, np.ndarray],
   return _save(fig, path)
 
 
+def plot_gates_by_model(log_snr: np.ndarray, profiles: Mapping[str, list[Mapping[str, np.ndarray]]], path: str,
+                        title: str = "") -> str:
+  """Several models' cgdiff.diagnostics.gate_profile on one figure, one colour per model and one line per
+  seed (profiles: {label: [profile of each seed]}, all at the same times, log_snr [T]). Left: the learned
+  gate's mean of every gated model against the oracle gate g* (mean and 10-90% band) and the prior gate
+  g_p, both of the first gated profile holding them (the models that share a VAE share its g*); right:
+  every model's critic against the diffused Gaussian fit's score (mean squared eps distance, log scale),
+  the first profile's LSI target against that score for scale: ~0 is 001's zero-loss state (MATH.md
+  errata 4). Returns the path."""
+  x = np.asarray(log_snr)
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
+  gated = [seeds for seeds in profiles.values() if "gate" in seeds[0]]
+  ax = axes[0]
+  if gated:
+    reference = gated[0][0]
+    ax.plot(x, reference["oracle_gate"], color="k", label="oracle g* (mean)")
+    ax.fill_between(x, reference["oracle_gate_q10"], reference["oracle_gate_q90"], color="k", alpha=0.12,
+                    label="oracle g* 10-90%")
+    prior = next((seeds[0]["prior_gate"] for seeds in gated if "prior_gate" in seeds[0]), None)
+    if prior is not None:
+      ax.plot(x, prior, color="k", linestyle="--", label="prior gate g_p")
+  for colour, (label, seeds) in enumerate(profiles.items()):
+    for i, profile in enumerate(seeds):
+      common = {"color": f"C{colour}", "label": label if i == 0 else None}
+      if "gate" in profile:
+        axes[0].plot(x, profile["gate"], **common)
+      if "critic_vs_gaussian" in profile:
+        axes[1].plot(x, profile["critic_vs_gaussian"], marker=".", **common)
+  first = next(iter(profiles.values()))[0]
+  if "lsi_vs_gaussian" in first:
+    axes[1].plot(x, first["lsi_vs_gaussian"], color="gray", linestyle="--", label="LSI target (for scale)")
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_ylabel("g  (0: CSEM, 1: Tweedie)")
+  ax.set_title("learned gates (mean over posteriors and elements)" if gated else "no gated model", fontsize=9)
+  axes[1].set_yscale("log")
+  axes[1].set_ylabel("mean squared distance to the Gaussian fit's score (eps units)", fontsize=8)
+  axes[1].set_title("the critics against the diffused Gaussian fit", fontsize=9)
+  for ax in axes:
+    ax.set_xlabel(_LOG_SNR_LABEL)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
 def plot_sampler_study(rows: list[Mapping], path: str, title: str = "") -> str:
   """FID and SW2^2 against NFE (log scale), one series per sampler. rows: dicts with sampler, nfe, fid
   (or None), sw2_squared and sw2_squared_floor_mean (drawn as the SW2 panel's floor). Returns the path."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+import matplotlib.image
 import pytest
 
-from experiments import tables
+from experiments import row_figures, tables
 
 
 def eval_record(fid: float, floor_values: list[float]) -> dict:
@@ -53,18 +54,22 @@ def test_pilot_tables():
   assert "| (c) two-stage Tweedie LDM (reg. KL) | 100.0 | 60.0 | 1.4 | 0.0034 ± 0.0009 | 10 min |" in learning
 
 
-def test_diagnose_table_averages_over_times_then_seeds_and_leaves_gateless_rows_blank(tmp_path):
-  def record(gate_to_oracle: list[float], gate: bool) -> dict:
-    gates = {"oracle_gate": [0.5, 0.5], "prior_gate": [0.1, 0.3], "critic_vs_lsi": [1.0, 3.0],
-             "critic_vs_gaussian": [4.0, 4.0], "lsi_vs_gaussian": [2.0, 2.0]}
-    if gate:
-      gates.update(gate_to_oracle=gate_to_oracle, gate_to_prior=[0.6, 0.6], gate=[0.9, 0.9])
-    return {"stage": "diagnose", "times": [0.001, 0.5], "log_snr": [10.0, -1.0], "num_posteriors": 1000,
+def write_diagnose_record(results, row: str, seed: int, gate_to_oracle: list[float] | None) -> None:
+  """A diagnose record at 2 times under results/<row>/s<seed>/diagnose/; gated when gate_to_oracle is given."""
+  gates = {"oracle_gate": [0.5, 0.5], "oracle_gate_q10": [0.2, 0.3], "oracle_gate_q90": [0.7, 0.8],
+           "prior_gate": [0.1, 0.3], "critic_vs_lsi": [1.0, 3.0], "critic_vs_gaussian": [4.0, 4.0],
+           "lsi_vs_gaussian": [2.0, 2.0]}
+  if gate_to_oracle is not None:
+    gates.update(gate_to_oracle=gate_to_oracle, gate_to_prior=[0.6, 0.6], gate=[0.9, 0.9])
+  record = {"stage": "diagnose", "times": [0.001, 0.5], "log_snr": [10.0, -1.0], "num_posteriors": 1000,
             "split": "test", "gates": gates}
+  os.makedirs(results / row / f"s{seed}" / "diagnose")
+  json.dump(record, open(results / row / f"s{seed}" / "diagnose" / "ldm.json", "w"))
 
+
+def test_diagnose_table_averages_over_times_then_seeds_and_leaves_gateless_rows_blank(tmp_path):
   for row, seed, g in (("cg_element", 0, [0.1, 0.3]), ("cg_element", 1, [0.3, 0.5]), ("c", 0, None)):
-    os.makedirs(tmp_path / row / f"s{seed}" / "diagnose")
-    json.dump(record(g, g is not None), open(tmp_path / row / f"s{seed}" / "diagnose" / "ldm.json", "w"))
+    write_diagnose_record(tmp_path, row, seed, g)
   table = tables.diagnose_table(tables.fmnist_records(str(tmp_path), stage="diagnose"))
   (element,) = [line for line in table.splitlines() if line.startswith("| two-stage critic-gate, posterior CSEM, per-element")]
   # |g - g*| averaged over the two times: 0.2 (seed 0) and 0.4 (seed 1): mean 0.3, sd 0.141.
@@ -84,3 +89,19 @@ def test_diagnose_table_refuses_records_of_different_settings(tmp_path):
     json.dump(record, open(tmp_path / row / "s0" / "diagnose" / "ldm.json", "w"))
   with pytest.raises(ValueError, match="different settings"):
     tables.diagnose_table(tables.fmnist_records(str(tmp_path), stage="diagnose"))
+
+
+def test_gates_by_row_figure_from_the_diagnose_records_and_its_errors(tmp_path, capsys):
+  with pytest.raises(SystemExit, match="no diagnose record under"):
+    row_figures.main([str(tmp_path)])
+  for row, seed, g in (("cg_element", 0, [0.1, 0.3]), ("cg_element", 1, [0.3, 0.5]), ("c", 0, None)):
+    write_diagnose_record(tmp_path, row, seed, g)
+  row_figures.main([str(tmp_path)])
+  path = capsys.readouterr().out.strip()
+  assert path == str(tmp_path / "figures" / "gates_by_row.png")
+  image = matplotlib.image.imread(path)
+  assert image.shape[0] * image.shape[1] >= 200 * 150 and image.std() > 0.01
+  record = json.load(open(tmp_path / "c" / "s0" / "diagnose" / "ldm.json"))
+  json.dump({**record, "times": [0.001, 0.9]}, open(tmp_path / "c" / "s0" / "diagnose" / "ldm.json", "w"))
+  with pytest.raises(SystemExit, match="different settings"):
+    row_figures.main([str(tmp_path)])
