@@ -13,7 +13,8 @@ FID is within twice the spread between seeds of another row's (`third_seed_rows`
 leaves `done.json` in its workdir; its records, figures and training logs are copied to
 <results>/<row>/s<seed>/ and, with --commit, committed at once. A failed run is tried again once (a
 hung one, killed by the stall watchdog, up to MAX_STALLS times), then left for the next `run` (its log
-stays in <workdir>/run.log).
+stays in <workdir>/run.log). A SIGTERM stops the driver: it passes the signal on to the running row, which
+saves the training step it is in (cgdiff.train.loop), waits for it and exits; the next `run` resumes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Iterable, Sequence
 
@@ -269,8 +271,23 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
     raise SystemExit(f"another program driver is running on {root} (pid {read_lock(root)['pid']}).")
   write_lock(root, run=None, child_pgid=None, started=time.time())
   attempted: set[str] = set()
+  stop = threading.Event()
+
+  def request_stop(signum, frame):
+    del signum, frame
+    log("SIGTERM: stopping; the running row, if any, is asked to save its step")
+    stop.set()
+    lock = read_lock(root)
+    if lock is not None and lock.get("child_pgid"):
+      for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: a paused row handles the SIGTERM now
+        try:
+          os.killpg(lock["child_pgid"], sig)
+        except ProcessLookupError:
+          pass
+
+  previous_handler = signal.signal(signal.SIGTERM, request_stop)
   try:
-    while True:
+    while not stop.is_set():
       runs = runs_for(seeds, root) if seeds is not None else planned_runs(root)
       if rows is not None:
         runs = [r for r in runs if r.row.name in rows]
@@ -285,7 +302,7 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
         log(f"{run.name}: start (attempt {crashes + stalls + 1}): {' '.join(run.command(overrides))}")
         status = run_one(run, overrides, root)
         seconds = time.time() - start
-        if status == 0:
+        if status == 0 or stop.is_set():
           break
         log(f"{run.name}: exit status {status}, {seconds:.0f} s after its first attempt began; log {run.workdir}/run.log")
         if status == STALLED:
@@ -294,6 +311,9 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
           crashes += 1
         if crashes > 1 or stalls > MAX_STALLS:
           break
+      if stop.is_set() and status != 0:
+        log(f"{run.name}: stopped by SIGTERM (exit status {status}); the next `run` resumes it")
+        break
       if status != 0:
         with open(os.path.join(run.workdir, "failed.json"), "w") as f:
           json.dump({"failed": datetime.datetime.now().isoformat(timespec="seconds"), "status": status}, f)
@@ -309,6 +329,7 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
       if do_commit and written:
         commit(written, f"Results {run.name} ({run.row.label}): {summary(record) if record else 'no eval record'}")
   finally:
+    signal.signal(signal.SIGTERM, previous_handler)
     os.remove(_lock_path(root))
 
 

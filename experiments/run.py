@@ -8,13 +8,14 @@ The config file, the override keys, the whole config and the workdir are checked
 from __future__ import annotations
 
 import re
+import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cgdiff import records
-from cgdiff.train import checkpoint, devices
+from cgdiff.train import checkpoint, devices, loop
 from experiments import common, validation
 from experiments import stages as stages_lib
 
@@ -110,12 +111,16 @@ USER_ERRORS = (validation.UserError, common.ConfigDriftError, checkpoint.Checkpo
 
 def cli() -> None:
   """app.run(main), with USER_ERRORS (from the flags or from main) printed as their one paragraph and
-  exit status 2; every other error keeps its traceback."""
+  exit status 2, and a SIGTERM that stopped training after saving its step (loop.Preempted) as its line
+  and status 143 (128 + SIGTERM, as if the signal had ended it); every other error keeps its traceback."""
   try:
     app.run(main, flags_parser=parse_flags)
   except USER_ERRORS as error:
     sys.stderr.write(f"experiments.run: {error}\n")
     sys.exit(2)
+  except loop.Preempted as stop:
+    sys.stderr.write(f"experiments.run: {stop}\n")
+    sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,8 @@ TIMING_KEYS = ("steps_per_sec", "examples_per_sec")  # wall-clock rates: the onl
 TRAIN_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import jax, jax.numpy as jnp, ml_collections, numpy as np
-    from cgdiff.train import TrainLoopConfig, train
-    workdir, num_steps, kill_at, out, tensorboard = sys.argv[1:6]
+    from cgdiff.train import TrainLoopConfig, loop, train
+    workdir, num_steps, kill_at, out, tensorboard, kill_signal = sys.argv[1:7]
     num_steps, kill_at, tensorboard = int(num_steps), int(kill_at), tensorboard == "True"
     rng = np.random.default_rng(0)
     data = (rng.normal(size=(64, 4)).astype(np.float32), rng.normal(size=(64, 4)).astype(np.float32))
@@ -73,31 +73,37 @@ TRAIN_SCRIPT = textwrap.dedent("""
 
     def batch_fn(step):
       if step == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, kill_signal))
       print("step", step, flush=True)
       return jax.tree.map(lambda a: a[(np.arange(8) + 8 * step) % 64], data)
 
     optimizer = ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_steps=2, lr_schedule="cosine",
                                                b1=0.9, b2=0.999, weight_decay=1e-4, grad_clip=1.0))
-    state = train(loss_fn, {"w": jnp.zeros((4, 4)), "b": jnp.zeros((4,))}, batch_fn, optimizer=optimizer,
-                  loop=TrainLoopConfig(num_steps=num_steps, log_every=1, checkpoint_every=3,
-                                       keep_checkpoints=2, ema_decay=0.9, tensorboard=tensorboard),
-                  workdir=workdir, key=jax.random.PRNGKey(1))
+    try:
+      state = train(loss_fn, {"w": jnp.zeros((4, 4)), "b": jnp.zeros((4,))}, batch_fn, optimizer=optimizer,
+                    loop=TrainLoopConfig(num_steps=num_steps, log_every=1, checkpoint_every=3,
+                                         keep_checkpoints=2, ema_decay=0.9, tensorboard=tensorboard),
+                    workdir=workdir, key=jax.random.PRNGKey(1))
+    except loop.Preempted as stop:
+      print("preempted", stop.step, flush=True)
+      sys.exit(143)
     leaves, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(state))
     np.savez(out, **{jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves})
 """)
 
 
-def start_training(workdir, num_steps: int, *, kill_at: int = -1, tensorboard: bool = True,
-                   cache_dir) -> subprocess.Popen:
-  """The training script on `workdir` in a subprocess (stdout: a line "step k" before each step).
+def start_training(workdir, num_steps: int, *, kill_at: int = -1, kill_signal: str = "SIGKILL",
+                   tensorboard: bool = True, cache_dir) -> subprocess.Popen:
+  """The training script on `workdir` in a subprocess (stdout: a line "step k" before each step), which
+  sends itself `kill_signal` before step `kill_at` (exit status 143 and a line "preempted k" when a
+  SIGTERM stops it).
   The persistent compilation cache makes the runs after the first skip XLA's compilation."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   env.pop("XLA_FLAGS", None)
   return subprocess.Popen(
       [sys.executable, "-c", TRAIN_SCRIPT, str(workdir), str(num_steps), str(kill_at),
-       str(workdir) + ".npz", str(tensorboard)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+       str(workdir) + ".npz", str(tensorboard), kill_signal], cwd=REPO, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True)
 
 
@@ -204,6 +210,23 @@ def test_kill_9_at_random_steps_then_resume_is_bit_identical_and_loses_no_metric
                   for name in "ab"]:
     finish(process)
   for name in "ab":
+    assert_same_run(tmp_path / name, tmp_path / "reference")
+
+
+def test_sigterm_saves_the_step_it_comes_in_and_the_resumed_run_is_bit_identical(tmp_path, cache_dir):
+  """SIGTERM (a scheduler's stop request) before step k, k not a checkpoint step (every 3rd): training ends
+  step k, logs it, saves its checkpoint and stops (status 143); the rerun resumes at k + 1, not at the
+  checkpoint before, and ends identical to the uninterrupted run. A SIGTERM in the last step stops the
+  process too (its caller must not start the next stage), with the final checkpoint saved."""
+  finish(start_training(tmp_path / "reference", NUM_STEPS, tensorboard=False, cache_dir=cache_dir))
+  for name, k in (("mid", 4), ("last", NUM_STEPS - 1)):
+    out = finish(start_training(tmp_path / name, NUM_STEPS, kill_at=k, kill_signal="SIGTERM",
+                                tensorboard=False, cache_dir=cache_dir), 143)
+    assert f"preempted {k + 1}" in out
+    assert checkpoint.checkpoint_steps(str(tmp_path / name / "checkpoints"))[-1] == k + 1
+    assert [r["step"] for r in jsonl(tmp_path / name)] == list(range(1, k + 2))
+    resumed = finish(start_training(tmp_path / name, NUM_STEPS, tensorboard=False, cache_dir=cache_dir))
+    assert resumed.split()[:2] == (["step", str(k + 1)] if k + 1 < NUM_STEPS else [])
     assert_same_run(tmp_path / name, tmp_path / "reference")
 
 
@@ -647,6 +670,32 @@ def test_damaged_checkpoints_stop_the_command_line_with_the_paragraph(toy_workdi
                      r"checksum mismatch"):
     run_lib.run_stages(toy_config(), workdir, ("ldm",))
   assert checkpoint.CheckpointError in run_lib.USER_ERRORS  # the command line prints it as a paragraph
+
+
+def test_sigterm_stops_the_command_line_after_saving_the_step_with_one_line_and_status_143(tmp_path):
+  """What a scheduler's stop request does to `experiments.run`: SIGTERM once the LDM is logging (every
+  5 steps, checkpoints every 1000 of 100,000): the run saves the step it is in and exits 143 with one
+  line naming it; the checkpoint is that step, so the rerun loses none of them."""
+  workdir = tmp_path / "run"
+  args = [arg for arg in CLI if "num_steps" not in arg] + [
+      f"--workdir={workdir}", "--config.ldm.training.num_steps=100000", "--config.ldm.training.log_every=5",
+      "--config.ldm.training.checkpoint_every=1000"]
+  process = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  lines = []
+  for line in process.stderr:  # absl logs to stderr
+    lines.append(line)
+    if re.search(r"ldm: step \d+/100000", line):
+      process.send_signal(signal.SIGTERM)
+      break
+  err = "".join(lines) + process.communicate(timeout=300)[1]
+  assert process.returncode == 143, err[-3000:]
+  assert "Traceback" not in err
+  last = err.strip().splitlines()[-1]
+  step = int(re.fullmatch(r"experiments\.run: stopped by SIGTERM after step (\d+); its checkpoint is saved in "
+                          r".*/ldm/checkpoints, and the same command resumes from it\.", last).group(1))
+  assert 5 <= step < 1000
+  assert checkpoint.latest_intact_step(str(workdir / "ldm" / "checkpoints")) == step
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -17,6 +20,11 @@ from experiments import fmnist_rows, program
 FAKE_RUN = r"""
 import json, os, sys
 workdir, seed = sys.argv[1], int(sys.argv[2])
+if os.path.exists(os.path.join(workdir, "slow")):  # a long row that saves and exits 143 on SIGTERM, as
+  import signal, time                               # experiments.run's training does
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+  open(os.path.join(workdir, "started"), "w").close()
+  time.sleep(120)
 fail = os.path.join(workdir, "fail")
 if os.path.exists(fail):
   if open(fail).read() == "once":
@@ -114,6 +122,33 @@ def test_a_hung_row_is_retried_up_to_max_stalls_times(monkeypatch, fake_rows):
   assert calls(root) == ["c/s0"]
   assert os.path.exists(os.path.join(root, "c", "s0", "done.json"))
   assert os.path.exists(os.path.join(root, "lsi", "s0", "failed.json"))
+
+
+def test_sigterm_stops_the_driver_after_its_row_with_nothing_marked_failed(fake_rows):
+  """A SIGTERM to the driver reaches the running row (in a session of its own, so only the driver can
+  pass it on); the driver waits for it, runs nothing more, marks nothing failed, and the next run
+  resumes with that row."""
+  root, results = str(fake_rows / "runs"), str(fake_rows / "results")
+  os.makedirs(os.path.join(root, "c", "s0"))
+  open(os.path.join(root, "c", "s0", "slow"), "w").close()
+  started = os.path.join(root, "c", "s0", "started")
+
+  def send_sigterm_once_the_row_runs():
+    while not os.path.exists(started):
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)  # the driver runs in this (pytest's main) thread
+
+  threading.Thread(target=send_sigterm_once_the_row_runs, daemon=True).start()
+  handler_before, begin = signal.getsignal(signal.SIGTERM), time.time()
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert time.time() - begin < 60  # not the row's 120 s: the row got the signal
+  assert signal.getsignal(signal.SIGTERM) is handler_before
+  assert calls(root) == [] and not os.path.exists(os.path.join(root, "lsi"))
+  assert not os.path.exists(os.path.join(root, "c", "s0", "failed.json"))
+  assert not os.path.exists(os.path.join(root, program.LOCK))
+  os.remove(os.path.join(root, "c", "s0", "slow"))
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert calls(root) == ["c/s0", "lsi/s0"]
 
 
 def test_third_seeds_for_rows_within_twice_the_spread_of_another():

@@ -6,8 +6,11 @@ the VAE, the latent diffusion model and co-training all use it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -27,6 +30,33 @@ from cgdiff.train.state import TrainState, create_state, make_optimizer
 # the other device waits for it in the gradients' all-reduce: a deadlock (README Reliability,
 # tests/test_faults.py). Two keep the next step's dispatch overlapping the running one.
 MAX_STEPS_IN_FLIGHT = 2
+
+
+class Preempted(Exception):
+  """A SIGTERM stopped training: the checkpoint of `step`, the last step dispatched when it came, is saved
+  in `directory`, so rerunning the same training resumes there and loses nothing."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f"stopped by SIGTERM after step {step}; its checkpoint is saved in {directory}, "
+                     "and the same command resumes from it.")
+    self.step, self.directory = step, directory
+
+
+@contextlib.contextmanager
+def _sigterm_requests():
+  """An Event set by SIGTERM while the block runs (the previous handler restored after it). SIGTERM is
+  the stop request of schedulers (SLURM before its time limit, Kubernetes, `docker stop`) and of `kill`:
+  training finishes the step it is in and saves it instead of dying with up to checkpoint_every steps
+  unsaved. Handlers can be set only on the main thread; elsewhere the Event is never set."""
+  requested = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield requested
+    return
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: requested.set())
+  try:
+    yield requested
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +125,12 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
   workdir (metrics.jsonl, TensorBoard), flushed at every log step; a resumed run drops what the killed
   run logged after its checkpoint and logs it again (writers.py). A run whose latest intact checkpoint
   is at num_steps returns it without training. A non-finite loss stops training with
-  FloatingPointError naming the newest verified checkpoint; none is written after it.
+  FloatingPointError naming the newest verified checkpoint; none is written after it. A SIGTERM (on the
+  main thread) makes it log and save the step it is in, then raise Preempted.
 
   Raises:
     checkpoint.CheckpointError: workdir/checkpoints holds checkpoints, but none intact, or another model's.
+    Preempted: a SIGTERM came during training (also during its last step: the caller is to stop too).
   """
   num_devices = jax.local_device_count()
   initial_share = loop.ema_decay ** loop.num_steps  # the initial parameters' weight in the final EMA
@@ -150,34 +182,39 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
                  steps_per_sec * global_size, _format_seconds(eta))
     last_time, last_step = now, step
 
-  try:
-    for step in range(start, loop.num_steps):
-      batch = batch_fn(step)
-      global_size = jax.tree.leaves(batch)[0].shape[0]
-      if global_size % (num_devices * jax.process_count()):
-        raise ValueError(f"global batch {global_size} is not divisible by {num_devices} devices x "
-                         f"{jax.process_count()} hosts.")
-      example_ids = device_batch(np.arange(global_size), num_devices)
-      # `pending` holds the metrics of every step not yet logged, in order; steps finish in order (each
-      # takes the last one's state), so the step MAX_STEPS_IN_FLIGHT back finished means all before it did.
-      if len(pending) >= MAX_STEPS_IN_FLIGHT:
-        jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT][1])
-      replicated, metrics = p_step(replicated, device_batch(batch, num_devices), example_ids, key)
-      pending.append((step, metrics))
-      done = step + 1
-      if first_time is None:
-        jax.block_until_ready(metrics)
-        first_time = time.perf_counter()
-        logging.info("first step (compilation included) took %.1f s; %d device(s), %d examples each",
-                     first_time - last_time, num_devices, global_size // (num_devices * jax.process_count()))
-        last_time, last_step = first_time, done
-      saving = done % loop.checkpoint_every == 0 or done == loop.num_steps
-      if done % loop.log_every == 0 or saving:
-        check_and_log(done)
-      if saving:
-        ckpt.save(flax.jax_utils.unreplicate(replicated), force=done == loop.num_steps)
-  finally:
-    ckpt.close()
-    writer.flush()
-    writer.close()
+  with _sigterm_requests() as stop:
+    try:
+      for step in range(start, loop.num_steps):
+        batch = batch_fn(step)
+        global_size = jax.tree.leaves(batch)[0].shape[0]
+        if global_size % (num_devices * jax.process_count()):
+          raise ValueError(f"global batch {global_size} is not divisible by {num_devices} devices x "
+                           f"{jax.process_count()} hosts.")
+        example_ids = device_batch(np.arange(global_size), num_devices)
+        # `pending` holds the metrics of every step not yet logged, in order; steps finish in order (each
+        # takes the last one's state), so the step MAX_STEPS_IN_FLIGHT back finished means all before it did.
+        if len(pending) >= MAX_STEPS_IN_FLIGHT:
+          jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT][1])
+        replicated, metrics = p_step(replicated, device_batch(batch, num_devices), example_ids, key)
+        pending.append((step, metrics))
+        done = step + 1
+        if first_time is None:
+          jax.block_until_ready(metrics)
+          first_time = time.perf_counter()
+          logging.info("first step (compilation included) took %.1f s; %d device(s), %d examples each",
+                       first_time - last_time, num_devices, global_size // (num_devices * jax.process_count()))
+          last_time, last_step = first_time, done
+        stopping = stop.is_set()
+        saving = done % loop.checkpoint_every == 0 or done == loop.num_steps or stopping
+        if done % loop.log_every == 0 or saving:
+          check_and_log(done)
+        if saving:
+          ckpt.save(flax.jax_utils.unreplicate(replicated), force=done == loop.num_steps or stopping)
+        if stopping:
+          logging.warning("%s: SIGTERM: stopping after step %d, saved", os.path.basename(workdir), done)
+          raise Preempted(done, ckpt.directory)
+    finally:
+      ckpt.close()
+      writer.flush()
+      writer.close()
   return flax.jax_utils.unreplicate(replicated)
