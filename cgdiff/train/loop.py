@@ -217,4 +217,6 @@ def train(loss_fn: step_lib.LossFn, params: Any, batch_fn: Callable[[int], Any],
       ckpt.close()
       writer.flush()
       writer.close()
+    if stop.is_set():  # it came while the final checkpoint was being written: the caller stops too
+      raise Preempted(loop.num_steps, ckpt.directory)
   return flax.jax_utils.unreplicate(replicated)
