@@ -223,34 +223,33 @@ def plot_gates_by_model(log_snr: np.ndarray, profiles: Mapping[str, list[Mapping
   the first profile's LSI target against that score for scale: ~0 is 001's zero-loss state (MATH.md
   errata 4). Returns the path."""
   x = np.asarray(log_snr)
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
   gated = [seeds for seeds in profiles.values() if "gate" in seeds[0]]
-  ax = axes[0]
   if gated:
     reference = gated[0][0]
-    ax.plot(x, reference["oracle_gate"], color="k", label="oracle g* (mean)")
-    ax.fill_between(x, reference["oracle_gate_q10"], reference["oracle_gate_q90"], color="k", alpha=0.12,
+    left.plot(x, reference["oracle_gate"], color="k", label="oracle g* (mean)")
+    left.fill_between(x, reference["oracle_gate_q10"], reference["oracle_gate_q90"], color="k", alpha=0.12,
                     label="oracle g* 10-90%")
     prior = next((seeds[0]["prior_gate"] for seeds in gated if "prior_gate" in seeds[0]), None)
     if prior is not None:
-      ax.plot(x, prior, color="k", linestyle="--", label="prior gate g_p")
+      left.plot(x, prior, color="k", linestyle="--", label="prior gate g_p")
   for colour, (label, seeds) in enumerate(profiles.items()):
     for i, profile in enumerate(seeds):
       common = {"color": f"C{colour}", "label": label if i == 0 else None}
       if "gate" in profile:
-        axes[0].plot(x, profile["gate"], **common)
+        left.plot(x, profile["gate"], **common)
       if "critic_vs_gaussian" in profile:
-        axes[1].plot(x, profile["critic_vs_gaussian"], marker=".", **common)
+        right.plot(x, profile["critic_vs_gaussian"], marker=".", **common)
   first = next(iter(profiles.values()))[0]
   if "lsi_vs_gaussian" in first:
-    axes[1].plot(x, first["lsi_vs_gaussian"], color="gray", linestyle="--", label="LSI target (for scale)")
-  ax.set_ylim(-0.02, 1.02)
-  ax.set_ylabel("g  (0: CSEM, 1: Tweedie)")
-  ax.set_title("learned gates (mean over posteriors and elements)" if gated else "no gated model", fontsize=9)
-  axes[1].set_yscale("log")
-  axes[1].set_ylabel("mean squared distance to the Gaussian fit's score (eps units)", fontsize=8)
-  axes[1].set_title("the critics against the diffused Gaussian fit", fontsize=9)
-  for ax in axes:
+    right.plot(x, first["lsi_vs_gaussian"], color="gray", linestyle="--", label="LSI target (for scale)")
+  left.set_ylim(-0.02, 1.02)
+  left.set_ylabel("g  (0: CSEM, 1: Tweedie)")
+  left.set_title("learned gates (mean over posteriors and elements)" if gated else "no gated model", fontsize=9)
+  right.set_yscale("log")
+  right.set_ylabel("mean squared distance to the Gaussian fit's score (eps units)", fontsize=8)
+  right.set_title("the critics against the diffused Gaussian fit", fontsize=9)
+  for ax in (left, right):
     ax.set_xlabel(_LOG_SNR_LABEL)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=7)

@@ -277,13 +277,11 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
     del signum, frame
     log("SIGTERM: stopping; the running row, if any, is asked to save its step")
     stop.set()
-    lock = read_lock(root)
-    if lock is not None and lock.get("child_pgid"):
-      for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: a paused row handles the SIGTERM now
-        try:
-          os.killpg(lock["child_pgid"], sig)
-        except ProcessLookupError:
-          pass
+    for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: a paused row handles the SIGTERM now
+      try:
+        signal_running(root, sig)
+      except ProcessLookupError:  # the row has just ended
+        pass
 
   previous_handler = signal.signal(signal.SIGTERM, request_stop)
   try:

@@ -30,7 +30,7 @@ def gates_by_row(results: str = tables.FMNIST_RESULTS) -> str:
   records = tables.fmnist_records(results, stage="diagnose")
   if not records:
     raise FileNotFoundError(f"no diagnose record under {results}/<row>/s<seed>/diagnose/.")
-  tables.diagnose_table(records)  # refuses records of different settings
+  tables.diagnose_settings(records)
   first = next(iter(records.values()))[0]
   profiles = {fmnist_rows.BY_NAME[row].label: [{k: np.asarray(v) for k, v in r["gates"].items()} for r in seeds]
               for row, seeds in records.items()}

@@ -139,6 +139,18 @@ DIAGNOSE_COLUMNS = (("mean abs(g - g*)", "gate_to_oracle"), ("mean abs(g - g_p)"
                     ("eps MSE: LSI vs Gaussian fit", "lsi_vs_gaussian"))
 
 
+def diagnose_settings(records: dict[str, list[dict[str, Any]]]) -> tuple[tuple[float, ...], str, int] | None:
+  """The (times, split, number of posteriors) every diagnose record shares; None without records.
+
+  Raises:
+    ValueError: the records were made at different settings, so their curves cannot be compared.
+  """
+  settings = {(tuple(r["times"]), r["split"], r["num_posteriors"]) for seeds in records.values() for r in seeds}
+  if len(settings) > 1:
+    raise ValueError(f"diagnose records of different settings (times, split, posteriors): {sorted(settings)}")
+  return next(iter(settings), None)
+
+
 def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
   """The trained networks on the test posteriors of their own VAE (the `diagnose` stage): each column
   the mean over its times (uniform in log-SNR) of a `gates` quantity of diagnostics.gate_profile, then
@@ -150,6 +162,7 @@ def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
   Raises:
     ValueError: the records were made at different times, splits or numbers of posteriors.
   """
+  settings = diagnose_settings(records)
   lines = ["| method | " + " | ".join(heading for heading, _ in DIAGNOSE_COLUMNS) + " |",
            "| --- |" + " --- |" * len(DIAGNOSE_COLUMNS)]
   for row in fmnist_rows.ROWS:
@@ -159,11 +172,8 @@ def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
     cells = [mean_spread([statistics.fmean(r["gates"][key]) if key in r["gates"] else None for r in seeds], ".3f")
              for _, key in DIAGNOSE_COLUMNS]
     lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
-  settings = {(tuple(r["times"]), r["split"], r["num_posteriors"]) for seeds in records.values() for r in seeds}
-  if len(settings) > 1:
-    raise ValueError(f"diagnose records of different settings (times, split, posteriors): {sorted(settings)}")
   if settings:
-    (times, split, num_posteriors), = settings
+    times, split, num_posteriors = settings
     log_snr = next(r["log_snr"] for seeds in records.values() for r in seeds)
     lines.append(f"\nOver {len(times)} times, log-SNR {min(log_snr):.1f} to {max(log_snr):.1f}; "
                  f"{num_posteriors} {split} posteriors.")
