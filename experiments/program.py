@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Iterable, Sequence
 
-from experiments import fmnist_rows
+from experiments import claims, fmnist_rows
 
 DEFAULT_ROOT = "runs/fmnist"
 DEFAULT_RESULTS = "experiments/results/fmnist"
@@ -118,17 +118,13 @@ def fids_by_row(root: str, seeds: Iterable[int]) -> dict[str, list[float]]:
 
 
 def third_seed_rows(fids: dict[str, list[float]]) -> list[str]:
-  """Rows that need a third seed: those whose mean FID is within twice the spread between seeds (the
-  larger of the two rows' sample standard deviations) of another row's. Rows with fewer than two seeds
-  are not judged."""
-  judged = {name: values for name, values in fids.items() if len(values) >= 2}
-  spread = {name: statistics.stdev(values) for name, values in judged.items()}
-  mean = {name: statistics.fmean(values) for name, values in judged.items()}
+  """Rows that need a third seed: those whose FIDs are not `claims.separated` from another row's (mean
+  within twice the larger of the two sample sds). Rows with fewer than two seeds are not judged."""
+  names = [name for name, values in fids.items() if len(values) >= claims.MIN_SEEDS]
   close = set()
-  names = list(judged)
   for i, first in enumerate(names):
     for second in names[i + 1:]:
-      if abs(mean[first] - mean[second]) < 2 * max(spread[first], spread[second]):
+      if not claims.separated(fids[first], fids[second]):
         close.update((first, second))
   return [row.name for row in fmnist_rows.ROWS if row.name in close]
 

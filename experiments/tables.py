@@ -1,6 +1,6 @@
 """Markdown tables from run records.
 
-    python -m experiments.tables                    # the Fashion-MNIST results and diagnosis tables (README "Results")
+    python -m experiments.tables                    # the Fashion-MNIST results, claims and diagnosis tables (README "Results")
     python -m experiments.tables RESULTS_DIR        # the same tables of another program's results directory
     python -m experiments.tables RECORD.json [...]  # the tables of exact-field and pilot records
 
@@ -16,7 +16,7 @@ import statistics
 import sys
 from typing import Any, Callable, Sequence
 
-from experiments import fmnist_rows
+from experiments import claims, fmnist_rows
 
 FMNIST_RESULTS = "experiments/results/fmnist"
 
@@ -132,6 +132,36 @@ def fmnist_table(records: dict[str, list[dict[str, Any]]]) -> str:
   return "\n".join(lines)
 
 
+# claims_table's metric names and number formats.
+CLAIM_METRICS = {"fid": ("FID", ".2f"), "recon_fid": ("recon FID", ".2f"), "sw2_squared": ("SW2^2", ".2e")}
+
+
+def _short(row: str) -> str:
+  return f"({row})" if len(row) == 1 else row
+
+
+def claims_table(records: dict[str, list[dict[str, Any]]]) -> str:
+  """The documents' orderings (experiments/claims.py), each judged on our seeds: the difference of the
+  two rows' means (first - second; negative when `first` is lower), twice the larger of their sample sds
+  (the protocol's rule: the rows differ when the difference is at least that), the verdict, and 002's
+  difference where 002 has both rows."""
+  lines = ["| claim | source | ours: first - second | 2 x larger sd | verdict | 002: first - second |",
+           "| --- |" + " --- |" * 5]
+  for claim in claims.CLAIMS:
+    name, number = CLAIM_METRICS[claim.metric]
+    first, second = ([float(r["metrics"][claim.metric]) for r in records.get(row, [])]
+                     for row in (claim.first, claim.second))
+    relation = "<" if claim.relation == "lower" else "~"
+    difference = (f"{statistics.fmean(first) - statistics.fmean(second):{number}}" if first and second else "-")
+    spread = ("-" if min(len(first), len(second)) < claims.MIN_SEEDS else
+              f"{2 * max(statistics.stdev(first), statistics.stdev(second)):{number}}")
+    paper = [claims.paper_value(row, claim.metric) for row in (claim.first, claim.second)]
+    paper_difference = "-" if None in paper else f"{paper[0] - paper[1]:{number}}"
+    lines.append(f"| {_short(claim.first)} {relation} {_short(claim.second)} on {name} | {claim.source} | "
+                 f"{difference} | {spread} | {claims.verdict(claim, first, second)} | {paper_difference} |")
+  return "\n".join(lines)
+
+
 # diagnose_table's columns: (heading, the diagnose record's `gates` key), each averaged over the times.
 DIAGNOSE_COLUMNS = (("mean abs(g - g*)", "gate_to_oracle"), ("mean abs(g - g_p)", "gate_to_prior"),
                     ("mean g", "gate"), ("mean g*", "oracle_gate"), ("mean g_p", "prior_gate"),
@@ -183,7 +213,9 @@ def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
 def main(paths: list[str]) -> None:
   if not paths or (len(paths) == 1 and os.path.isdir(paths[0])):
     results = paths[0] if paths else FMNIST_RESULTS
-    print(fmnist_table(fmnist_records(results)), end="\n\n")
+    records = fmnist_records(results)
+    print(fmnist_table(records), end="\n\n")
+    print(claims_table(records), end="\n\n")
     print(diagnose_table(fmnist_records(results, stage="diagnose")))
     return
   for path in paths:

@@ -105,3 +105,17 @@ def test_gates_by_row_figure_from_the_diagnose_records_and_its_errors(tmp_path, 
   json.dump({**record, "times": [0.001, 0.9]}, open(tmp_path / "c" / "s0" / "diagnose" / "ldm.json", "w"))
   with pytest.raises(SystemExit, match="different settings"):
     row_figures.main([str(tmp_path)])
+
+
+def test_claims_table_judges_each_claim_on_the_seeds_beside_002(tmp_path):
+  for row, fids in (("c", (10.0, 12.0)), ("lsi", (7.0, 7.4)), ("cg_scalar", (14.0, 14.2)), ("cg_element", (9.0,))):
+    for seed, fid in enumerate(fids):
+      os.makedirs(tmp_path / row / f"s{seed}")
+      json.dump(eval_record(fid, [1e-4]), open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
+  lines = tables.claims_table(tables.fmnist_records(str(tmp_path))).splitlines()
+  line = lambda start: next(l for l in lines if l.startswith(start))
+  # c: mean 11, sd 1.41 -> 2 x sd 2.83; lsi: 7.2 (-3.80); cg_scalar: 14.1 (+3.10); 002: 12.18 - 13.45.
+  assert line("| lsi < (c) on FID |").endswith("| -3.80 | 2.83 | holds | -1.27 |")
+  assert line("| cg_scalar < (c) on FID |").endswith("| 3.10 | 2.83 | reversed | - |")
+  assert line("| cg_element < (c) on FID |").endswith("| -2.00 | - | needs 2 seeds | - |")
+  assert line("| (a) < (c) on FID |").endswith("| - | - | needs 2 seeds | -4.06 |")
