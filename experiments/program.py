@@ -9,7 +9,7 @@ Each (row, seed) is one `python -m experiments.run --config=<row config> --workd
 --config.seed=<seed> [--config.vae_workdir=<root>/<home>/s<seed>]`: the row's own command, which trains,
 samples and evaluates, resuming whatever is done. Rows that share a VAE point at the workdir that holds
 it. The order is seed 0 of every row, then seed 1 of every row, then a third seed of every row whose
-FID is within twice the spread between seeds of another row's (`third_seed_rows`). A finished run
+FID is within twice the spread between seeds of another row's (`program_runs.third_seed_rows`). A finished run
 leaves `done.json` in its workdir; its records, figures and training logs are copied to
 <results>/<row>/s<seed>/ and, with --commit, committed at once. A failed run is tried again once (a
 hung one, killed by the stall watchdog, up to MAX_STALLS times), then left for the next `run` (its log
@@ -20,7 +20,6 @@ saves the training step it is in (cgdiff.train.loop), waits for it and exits; th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import glob
 import json
@@ -28,14 +27,12 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
-import sys
 import threading
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from experiments import claims, fmnist_rows
+from experiments import fmnist_rows, program_costs, program_runs
 
 DEFAULT_ROOT = "runs/fmnist"
 DEFAULT_RESULTS = "experiments/results/fmnist"
@@ -49,96 +46,12 @@ STALLED = -100
 # hang on several CPU devices) and its retry resumes from the newest intact checkpoint, losing at most
 # checkpoint_every steps, so a row may stall this many times before it is left as failed.
 MAX_STALLS = 4
-FIRST_SEEDS = (0, 1)
-THIRD_SEED = 2
-# Training stages and what their cost is measured by (experiments.run's stage names).
-TRAINING_STAGES = ("vae", "cotrain", "ldm")
 # Inception's per-batch progress lines: 9 in 10 lines of an evaluation's log, and the chunk lines that
 # follow them say the same with their times; left out of the committed copy of run.log.
 PROGRESS_LINE = re.compile(r"\] Inception: [^:]*: \d+/\d+ images$")
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """One row at one seed, and where it lives."""
-  row: fmnist_rows.Row
-  seed: int
-  root: str
-
-  @property
-  def name(self) -> str:
-    return f"{self.row.name}/s{self.seed}"
-
-  @property
-  def workdir(self) -> str:
-    return os.path.join(self.root, self.row.name, f"s{self.seed}")
-
-  @property
-  def vae_workdir(self) -> str | None:
-    home = self.row.vae_home
-    return None if home is None else os.path.join(self.root, home, f"s{self.seed}")
-
-  def command(self, overrides: Sequence[str] = ()) -> list[str]:
-    command = [sys.executable, "-m", "experiments.run", f"--config={self.row.config}",
-               f"--workdir={self.workdir}", f"--config.seed={self.seed}"]
-    if self.vae_workdir:
-      command.append(f"--config.vae_workdir={self.vae_workdir}")
-    return command + list(overrides)
-
-  def done(self) -> bool:
-    return os.path.exists(os.path.join(self.workdir, "done.json"))
-
-
-def runs_for(seeds: Iterable[int], root: str, rows: Sequence[fmnist_rows.Row] = fmnist_rows.ROWS) -> list[Run]:
-  """Seed by seed, every row in table order (row (b) after (a), whose VAE it uses)."""
-  return [Run(row, seed, root) for seed in seeds for row in rows]
-
-
-# --- records -------------------------------------------------------------------------------------------
-def eval_record(workdir: str) -> dict | None:
-  """The eval record of a finished run (its workdir's eval/*.json written by the `eval` stage)."""
-  paths = sorted(glob.glob(os.path.join(workdir, "eval", "*.json")))
-  records = []
-  for path in paths:
-    with open(path) as f:
-      record = json.load(f)
-    if record.get("stage") == "eval":
-      records.append(record)
-  return records[-1] if records else None
-
-
-def fids_by_row(root: str, seeds: Iterable[int]) -> dict[str, list[float]]:
-  """{row: [FID of each finished seed]} over `seeds`."""
-  out: dict[str, list[float]] = {}
-  for run in runs_for(seeds, root):
-    record = eval_record(run.workdir) if run.done() else None
-    if record is not None:
-      out.setdefault(run.row.name, []).append(float(record["metrics"]["fid"]))
-  return out
-
-
-def third_seed_rows(fids: dict[str, list[float]]) -> list[str]:
-  """Rows that need a third seed: those whose FIDs are not `claims.separated` from another row's (mean
-  within twice the larger of the two sample sds). Rows with fewer than two seeds are not judged."""
-  names = [name for name, values in fids.items() if len(values) >= claims.MIN_SEEDS]
-  close = set()
-  for i, first in enumerate(names):
-    for second in names[i + 1:]:
-      if not claims.separated(fids[first], fids[second]):
-        close.update((first, second))
-  return [row.name for row in fmnist_rows.ROWS if row.name in close]
-
-
-def planned_runs(root: str) -> list[Run]:
-  """The whole program as far as it is known now: seeds 0 and 1 of every row, then the third seeds that
-  the finished first two call for (none until both seeds of at least two rows are done)."""
-  runs = runs_for(FIRST_SEEDS, root)
-  extra = third_seed_rows(fids_by_row(root, FIRST_SEEDS))
-  return runs + runs_for((THIRD_SEED,), root, [fmnist_rows.BY_NAME[name] for name in extra])
-
-
-# --- artefacts -----------------------------------------------------------------------------------------
-def copy_artefacts(run: Run, results: str) -> list[str]:
+def copy_artefacts(run: program_runs.Run, results: str) -> list[str]:
   """Copies the run's small artefacts (eval records and figures, the diagnose stage's record and figures
   in diagnose/, training logs and stage configs, run.log without Inception's progress lines) to
   <results>/<row>/s<seed>/ (the shared VAE's to <results>/<home>/s<seed>/); returns the paths written."""
@@ -168,7 +81,7 @@ def copy_artefacts(run: Run, results: str) -> list[str]:
   if run.vae_workdir:
     homes.append((run.vae_workdir, os.path.join(results, run.row.vae_home, f"s{run.seed}")))
   for workdir, target_dir in homes:
-    for stage in TRAINING_STAGES:
+    for stage in program_runs.TRAINING_STAGES:
       for name in ("metrics.jsonl", "config.json"):
         path = os.path.join(workdir, stage, name)
         if os.path.exists(path):
@@ -194,15 +107,6 @@ def commit(paths: Sequence[str], message: str, attempts: int = 5) -> None:
     time.sleep(5)
 
 
-def summary(record: dict) -> str:
-  metrics = record["metrics"]
-  parts = [f"FID {metrics['fid']:.2f}" if metrics.get("fid") is not None else None,
-           f"recon FID {metrics['recon_fid']:.2f}" if metrics.get("recon_fid") is not None else None,
-           f"SW2^2 {metrics['sw2_squared']:.3g}" if metrics.get("sw2_squared") is not None else None]
-  return ", ".join(p for p in parts if p)
-
-
-# --- running -------------------------------------------------------------------------------------------
 def log(message: str) -> None:
   stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
   print(f"[{stamp}] {message}", flush=True)
@@ -230,7 +134,7 @@ def write_lock(root: str, **fields) -> None:
   os.replace(tmp, _lock_path(root))
 
 
-def run_one(run: Run, overrides: Sequence[str], root: str, stall_seconds: float = STALL_SECONDS,
+def run_one(run: program_runs.Run, overrides: Sequence[str], root: str, stall_seconds: float = STALL_SECONDS,
             poll_seconds: float = 30.0) -> int:
   """Runs `run`'s command (its output appended to <workdir>/run.log); returns its exit status, or
   STALLED after killing a run whose log has not grown for `stall_seconds` while not paused (a hung
@@ -282,7 +186,7 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
   previous_handler = signal.signal(signal.SIGTERM, request_stop)
   try:
     while not stop.is_set():
-      runs = runs_for(seeds, root) if seeds is not None else planned_runs(root)
+      runs = program_runs.runs_for(seeds, root) if seeds is not None else program_runs.planned_runs(root)
       if rows is not None:
         runs = [r for r in runs if r.row.name in rows]
       todo = [r for r in runs if not r.done() and r.name not in attempted]
@@ -314,14 +218,14 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
         continue
       if os.path.exists(os.path.join(run.workdir, "failed.json")):
         os.remove(os.path.join(run.workdir, "failed.json"))
-      record = eval_record(run.workdir)
+      record = program_runs.eval_record(run.workdir)
       with open(os.path.join(run.workdir, "done.json"), "w") as f:
         json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
       written = copy_artefacts(run, results)
-      message = f"{run.name}: done in {seconds / 3600:.2f} h" + (f": {summary(record)}" if record else "")
-      log(message)
+      result = program_runs.summary(record) if record else "no eval record"
+      log(f"{run.name}: done in {seconds / 3600:.2f} h: {result}")
       if do_commit and written:
-        commit(written, f"Results {run.name} ({run.row.label}): {summary(record) if record else 'no eval record'}")
+        commit(written, f"Results {run.name} ({run.row.label}): {result}")
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
     os.remove(_lock_path(root))
@@ -340,118 +244,18 @@ def signal_running(root: str, sig: int) -> str:
   return f"{signal.Signals(sig).name} sent to {lock['run']} (process group {lock['child_pgid']})."
 
 
-# --- status and ETA -----------------------------------------------------------------------------------
-def _metrics(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _stage_kind(stage: str, config_path: str) -> str:
-  """Training stages cost per step by kind: the critic-gate LDMs run a gate network besides the UNet."""
-  if stage == "ldm" and "cg_" in os.path.basename(config_path):
-    return "ldm_gate"
-  return stage
-
-
-# Parts of an eval record's wall time that not every row pays: the real images' statistics (once, then
-# cached for every row) and the reconstructions' Inception features (once per VAE; shared by its rows).
-ONCE_PER_PROGRAM, ONCE_PER_VAE = "reference_statistics", "recon_fid_features"
-
-
-def measured_costs(root: str) -> dict[str, float]:
-  """Seconds per training step of each stage kind (median steps/s of every logged interval so far),
-  seconds per eval without the once-only parts ("eval") and for a VAE's reconstructions ("recon"), the
-  means over the eval records, over the whole program's workdirs."""
-  rates: dict[str, list[float]] = {}
-  evals, recons = [], []
-  for run in runs_for(FIRST_SEEDS + (THIRD_SEED,), root):
-    for workdir in filter(None, (run.workdir, run.vae_workdir)):
-      for stage in TRAINING_STAGES:
-        kind = _stage_kind(stage, run.row.config if workdir == run.workdir else "")
-        rates.setdefault(kind, []).extend(
-            m["steps_per_sec"] for m in _metrics(os.path.join(workdir, stage, "metrics.jsonl"))
-            if m.get("steps_per_sec"))
-    record = eval_record(run.workdir) if run.done() else None
-    if record is not None:
-      wall = record["wall_seconds"]
-      evals.append(wall["total"] - wall.get(ONCE_PER_PROGRAM, 0.0) - wall.get(ONCE_PER_VAE, 0.0))
-      if wall.get(ONCE_PER_VAE, 0.0) > 60:  # the row that computed them (others load them in seconds)
-        recons.append(wall[ONCE_PER_VAE])
-  costs = {kind: 1.0 / statistics.median(values) for kind, values in rates.items() if values}
-  if evals:
-    costs["eval"] = statistics.fmean(evals)
-  if recons:
-    costs["recon"] = statistics.fmean(recons)
-  return costs
-
-
-def pilot_costs(results: str) -> dict[str, float]:
-  """The pilot's estimates for the chosen size (seconds per step by stage kind, seconds per eval), where
-  it has run (experiments/pilot.py)."""
-  path = os.path.join(results, "pilot", "pilot.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    record = json.load(f)
-  chosen = record.get("chosen")
-  if chosen is None or chosen not in record.get("timing", {}).get("projection_hours_two_seeds", {}):
-    return {}
-  projection = record["timing"]["projection_hours_two_seeds"][chosen]
-  num_steps = projection["num_steps"]
-  costs = {kind: hours * 3600 / num_steps for kind, hours in projection["stage_hours"].items()}
-  costs["eval"] = projection["eval_seconds_per_row"]
-  return costs
-
-
-def remaining_seconds(run: Run, costs: dict[str, float], num_steps: int,
-                      counted: set[str] | None = None) -> float | None:
-  """Seconds left for `run`: its training stages' remaining steps (latest checkpoint against num_steps)
-  and its eval (with its VAE's reconstructions where no earlier run computes them, if their cost is
-  known: the pilot's eval cost includes them); None where a cost is unknown. counted: the stage
-  directories and VAEs already counted for earlier runs (a shared VAE is trained once, and its
-  reconstructions computed once, by the first run that needs it); updated, for done runs too."""
-  counted = set() if counted is None else counted
-  recon_key = "recon:" + (run.vae_workdir or run.workdir)
-  first_on_vae = recon_key not in counted
-  counted.add(recon_key)
-  if run.done():
-    return 0.0
-  import importlib  # pylint: disable=g-import-not-at-top
-  config = importlib.import_module(run.row.config[:-3].replace("/", ".")).get_config()
-  total = 0.0
-  for stage in config.stages:
-    if stage in TRAINING_STAGES:
-      home = run.vae_workdir if (stage in ("vae", "cotrain") and run.vae_workdir) else run.workdir
-      if os.path.join(home, stage) in counted:
-        continue
-      counted.add(os.path.join(home, stage))
-      ckpts = glob.glob(os.path.join(home, stage, "checkpoints", "[0-9]*"))
-      done = max((int(os.path.basename(p)) for p in ckpts), default=0)
-      kind = _stage_kind(stage, run.row.config)
-      if kind not in costs:
-        return None
-      total += max(num_steps - done, 0) * costs[kind]
-    elif stage == "eval":
-      if "eval" not in costs:
-        return None
-      total += costs["eval"] + (costs.get("recon", 0.0) if first_on_vae else 0.0)
-  return total
-
-
 def status(root: str, results: str) -> str:
   from configs import fmnist_base  # pylint: disable=g-import-not-at-top
   num_steps = fmnist_base.EPOCHS * fmnist_base.EPOCH_STEPS
-  costs = {**pilot_costs(results), **measured_costs(root)}
+  costs = {**program_costs.pilot_costs(results), **program_costs.measured_costs(root)}
   lock = read_lock(root)
   running = lock.get("run") if lock else None
   lines, left, unknown, counted = [], 0.0, False, set()
-  for run in planned_runs(root):
-    seconds = remaining_seconds(run, costs, num_steps, counted)
+  for run in program_runs.planned_runs(root):
+    seconds = program_costs.remaining_seconds(run, costs, num_steps, counted)
     if run.done():
-      record = eval_record(run.workdir)
-      lines.append(f"  done     {run.name:16s} {summary(record) if record else ''}")
+      record = program_runs.eval_record(run.workdir)
+      lines.append(f"  done     {run.name:16s} {program_runs.summary(record) if record else ''}")
       continue
     unknown |= seconds is None
     left += seconds or 0.0
@@ -465,7 +269,7 @@ def status(root: str, results: str) -> str:
     lines.append(f"  {state:8s} {run.name:16s} ~{eta}")
   head = f"program in {root}: " + (f"driver pid {lock['pid']}, running {running}" if lock else "not running")
   total = f"left: ~{left / 3600:.1f} h" + (" (+ runs of unknown cost)" if unknown else "")
-  third = third_seed_rows(fids_by_row(root, FIRST_SEEDS))
+  third = program_runs.third_seed_rows(program_runs.fids_by_row(root, program_runs.FIRST_SEEDS))
   return "\n".join([head, *lines, total, f"third seeds called for: {third or 'none (yet)'}",
                     f"costs (s/step by stage kind; s per eval, per VAE's reconstructions): {json.dumps({k: round(v, 3) for k, v in costs.items()})}"])
 

@@ -24,7 +24,7 @@ import subprocess
 from typing import Sequence
 
 from cgdiff import plots, records
-from experiments import fmnist_rows, program
+from experiments import fmnist_rows, program, program_runs
 
 # (method, steps): RK4 at 5, 10, 20 steps; the other ODE solvers and DDIM at 40 NFE, RK4@10's budget; the
 # SDE samplers at 25, 50 and 100 steps (Heun-PC) and 001's fresh-noise variant at 50.
@@ -36,18 +36,18 @@ TRAINED = ("vae", "stats", "ldm", "cotrain")
 
 def best_row(root: str) -> str:
   """The row with the lowest mean FID over its finished seeds 0 and 1 (rows with both seeds only)."""
-  fids = {name: values for name, values in program.fids_by_row(root, program.FIRST_SEEDS).items()
-          if len(values) == len(program.FIRST_SEEDS)}
+  fids = {name: values for name, values in program_runs.fids_by_row(root, program_runs.FIRST_SEEDS).items()
+          if len(values) == len(program_runs.FIRST_SEEDS)}
   if not fids:
     raise SystemExit("no row has finished both seeds yet; pass --row.")
   return min(fids, key=lambda name: statistics.fmean(fids[name]))
 
 
-def study_run(row: str, seed: int, root: str) -> program.Run:
-  return program.Run(fmnist_rows.BY_NAME[row], seed, root)
+def study_run(row: str, seed: int, root: str) -> program_runs.Run:
+  return program_runs.Run(fmnist_rows.BY_NAME[row], seed, root)
 
 
-def study_workdir(run: program.Run, root: str) -> str:
+def study_workdir(run: program_runs.Run, root: str) -> str:
   """<root>/sampler_study/<row>_s<seed>, its trained stage directories linked to the row's."""
   workdir = os.path.join(root, "sampler_study", f"{run.row.name}_s{run.seed}")
   os.makedirs(workdir, exist_ok=True)

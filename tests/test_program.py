@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from experiments import fmnist_rows, program
+from experiments import fmnist_rows, program, program_costs, program_runs
 
 # A stand-in for `experiments.run`: writes an eval record with FID = 10 + seed and a training log, or
 # fails while <workdir>/fail exists (and removes it, so the retry succeeds when FAIL_ONCE is set).
@@ -48,7 +48,7 @@ with open(os.path.join(os.path.dirname(os.path.dirname(workdir)), "calls.txt"), 
 def fake_rows(monkeypatch, tmp_path):
   script = tmp_path / "fake_run.py"
   script.write_text(FAKE_RUN)
-  monkeypatch.setattr(program.Run, "command",
+  monkeypatch.setattr(program_runs.Run, "command",
                       lambda self, overrides=(): [sys.executable, str(script), self.workdir, str(self.seed)])
   return tmp_path
 
@@ -59,14 +59,14 @@ def calls(root) -> list[str]:
 
 
 def test_program_order_is_seed_by_seed_with_b_after_a():
-  names = [run.name for run in program.runs_for((0, 1), "runs")]
+  names = [run.name for run in program_runs.runs_for((0, 1), "runs")]
   rows = [row.name for row in fmnist_rows.ROWS]
   assert names == [f"{r}/s0" for r in rows] + [f"{r}/s1" for r in rows]
   assert rows.index("b") > rows.index("a")
 
 
 def test_shared_vae_rows_point_at_the_same_workdir_of_their_seed():
-  runs = {run.name: run for run in program.runs_for((0, 1), "runs")}
+  runs = {run.name: run for run in program_runs.runs_for((0, 1), "runs")}
   assert runs["c/s0"].vae_workdir == runs["cg_prior/s0"].vae_workdir == "runs/two_stage_vae/s0"
   assert runs["c/s1"].vae_workdir == "runs/two_stage_vae/s1"
   assert runs["b/s1"].vae_workdir == runs["a/s1"].workdir
@@ -154,17 +154,17 @@ def test_sigterm_stops_the_driver_after_its_row_with_nothing_marked_failed(fake_
 def test_third_seeds_for_rows_within_twice_the_spread_of_another():
   # c and lsi: means 11 and 11.25, spread sd(10, 12) = 1.41: within 2.83 of each other. a: far from both.
   fids = {"c": [10.0, 12.0], "lsi": [11.0, 11.5], "a": [5.0, 5.1], "d": [11.0]}
-  assert program.third_seed_rows(fids) == ["c", "lsi"]
-  assert program.third_seed_rows({"c": [10.0, 10.0], "lsi": [10.0, 10.0]}) == []  # no spread, no tie
-  assert program.third_seed_rows({"c": [10.0, 10.2], "lsi": [10.1, 10.3]}) == ["c", "lsi"]
+  assert program_runs.third_seed_rows(fids) == ["c", "lsi"]
+  assert program_runs.third_seed_rows({"c": [10.0, 10.0], "lsi": [10.0, 10.0]}) == []  # no spread, no tie
+  assert program_runs.third_seed_rows({"c": [10.0, 10.2], "lsi": [10.1, 10.3]}) == ["c", "lsi"]
 
 
 def test_planned_runs_add_third_seeds_once_two_seeds_are_done(fake_rows):
   root, results = str(fake_rows / "runs"), str(fake_rows / "results")
-  assert len(program.planned_runs(root)) == 2 * len(fmnist_rows.ROWS)
+  assert len(program_runs.planned_runs(root)) == 2 * len(fmnist_rows.ROWS)
   program.run_program(root, results, (), do_commit=False, seeds=(0, 1), rows=("c", "lsi"))
   # The stand-in gives every row FID 10 + seed: equal means, spread 0.71: both need a third seed.
-  planned = [run.name for run in program.planned_runs(root)]
+  planned = [run.name for run in program_runs.planned_runs(root)]
   assert planned[-2:] == ["c/s2", "lsi/s2"]
 
 
@@ -173,7 +173,7 @@ def test_status_counts_what_is_left_with_the_measured_costs(fake_rows):
   program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c",))
   text = program.status(root, results)
   assert "done     c/s0" in text and "FID 10.00" in text
-  costs = program.measured_costs(root)
+  costs = program_costs.measured_costs(root)
   # The stand-in's eval: 100 s in all, of which 25 s the reference statistics and 15 s reconstructions
   # (too short to be the row that computed them: not a reconstruction cost).
   assert costs["ldm"] == pytest.approx(0.25) and costs["eval"] == pytest.approx(60.0)
@@ -184,13 +184,13 @@ def test_a_shared_vae_is_counted_once_in_what_is_left(tmp_path):
   """Five two-stage rows of a seed share one VAE: the first needs its steps, the others only their LDMs."""
   root = str(tmp_path / "runs")
   costs = {"vae": 1.0, "ldm": 0.5, "ldm_gate": 0.5, "cotrain": 2.0, "eval": 100.0, "recon": 30.0}
-  runs = {run.name: run for run in program.runs_for((0,), root)}
+  runs = {run.name: run for run in program_runs.runs_for((0,), root)}
   counted: set[str] = set()
-  c = program.remaining_seconds(runs["c/s0"], costs, 10, counted)
-  lsi = program.remaining_seconds(runs["lsi/s0"], costs, 10, counted)
+  c = program_costs.remaining_seconds(runs["c/s0"], costs, 10, counted)
+  lsi = program_costs.remaining_seconds(runs["lsi/s0"], costs, 10, counted)
   assert (c, lsi) == (10 * 1.0 + 10 * 0.5 + 100.0 + 30.0, 10 * 0.5 + 100.0)
-  a = program.remaining_seconds(runs["a/s0"], costs, 10, counted)
-  b = program.remaining_seconds(runs["b/s0"], costs, 10, counted)  # (a)'s co-trained VAE: counted with (a)
+  a = program_costs.remaining_seconds(runs["a/s0"], costs, 10, counted)
+  b = program_costs.remaining_seconds(runs["b/s0"], costs, 10, counted)  # (a)'s co-trained VAE: counted with (a)
   assert (a, b) == (10 * 2.0 + 100.0 + 30.0, 10 * 0.5 + 100.0)
 
 
@@ -232,12 +232,12 @@ def test_sampler_study_evaluates_every_sampler_once_in_its_own_workdir(monkeypat
   from experiments import sampler_study  # pylint: disable=g-import-not-at-top
   script = tmp_path / "fake_eval.py"
   script.write_text(FAKE_EVAL)
-  monkeypatch.setattr(program.Run, "command",
+  monkeypatch.setattr(program_runs.Run, "command",
                       lambda self, overrides=(): [sys.executable, str(script), f"--workdir={self.workdir}",
                                                   *overrides])
   root, results = str(tmp_path / "runs"), str(tmp_path / "results")
   for row, fids in (("c", (12.0, 13.0)), ("lsi", (10.0, 11.0))):
-    for seed, fid in zip(program.FIRST_SEEDS, fids):
+    for seed, fid in zip(program_runs.FIRST_SEEDS, fids):
       workdir = os.path.join(root, row, f"s{seed}")
       os.makedirs(os.path.join(workdir, "ldm"))
       os.makedirs(os.path.join(workdir, "eval"))
@@ -258,15 +258,15 @@ def test_sampler_study_evaluates_every_sampler_once_in_its_own_workdir(monkeypat
 
 def test_a_run_whose_log_stops_growing_is_killed_as_stalled_unless_paused(monkeypatch, tmp_path):
   hang = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(600)"]
-  monkeypatch.setattr(program.Run, "command", lambda self, overrides=(): hang)
+  monkeypatch.setattr(program_runs.Run, "command", lambda self, overrides=(): hang)
   root = str(tmp_path / "runs")
   os.makedirs(root)
-  run = program.runs_for((0,), root)[0]
+  run = program_runs.runs_for((0,), root)[0]
   status = program.run_one(run, (), root, stall_seconds=2.0, poll_seconds=0.5)
   assert status == program.STALLED
   assert "started" in open(os.path.join(run.workdir, "run.log")).read()
   # Paused (program pause): the silence is expected; the run finishes on its own, here within the window.
   quick = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(3)"]
-  monkeypatch.setattr(program.Run, "command", lambda self, overrides=(): quick)
+  monkeypatch.setattr(program_runs.Run, "command", lambda self, overrides=(): quick)
   open(os.path.join(root, program.PAUSED), "w").close()
   assert program.run_one(run, (), root, stall_seconds=1.0, poll_seconds=0.5) == 0

@@ -1,0 +1,112 @@
+"""What the rest of the results program will cost: seconds per training step and per evaluation,
+measured on the program's own logs (the pilot's estimates until then), and the time each run has left.
+`python -m experiments.program status` prints them.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import os
+import statistics
+
+from experiments import program_runs
+
+
+def _metrics(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _stage_kind(stage: str, config_path: str) -> str:
+  """Training stages cost per step by kind: the critic-gate LDMs run a gate network besides the UNet."""
+  if stage == "ldm" and "cg_" in os.path.basename(config_path):
+    return "ldm_gate"
+  return stage
+
+
+# Parts of an eval record's wall time that not every row pays: the real images' statistics (once, then
+# cached for every row) and the reconstructions' Inception features (once per VAE; shared by its rows).
+ONCE_PER_PROGRAM, ONCE_PER_VAE = "reference_statistics", "recon_fid_features"
+
+
+def measured_costs(root: str) -> dict[str, float]:
+  """Seconds per training step of each stage kind (median steps/s of every logged interval so far),
+  seconds per eval without the once-only parts ("eval") and for a VAE's reconstructions ("recon"), the
+  means over the eval records, over the whole program's workdirs."""
+  rates: dict[str, list[float]] = {}
+  evals, recons = [], []
+  for run in program_runs.runs_for(program_runs.FIRST_SEEDS + (program_runs.THIRD_SEED,), root):
+    for workdir in filter(None, (run.workdir, run.vae_workdir)):
+      for stage in program_runs.TRAINING_STAGES:
+        kind = _stage_kind(stage, run.row.config if workdir == run.workdir else "")
+        rates.setdefault(kind, []).extend(
+            m["steps_per_sec"] for m in _metrics(os.path.join(workdir, stage, "metrics.jsonl"))
+            if m.get("steps_per_sec"))
+    record = program_runs.eval_record(run.workdir) if run.done() else None
+    if record is not None:
+      wall = record["wall_seconds"]
+      evals.append(wall["total"] - wall.get(ONCE_PER_PROGRAM, 0.0) - wall.get(ONCE_PER_VAE, 0.0))
+      if wall.get(ONCE_PER_VAE, 0.0) > 60:  # the row that computed them (others load them in seconds)
+        recons.append(wall[ONCE_PER_VAE])
+  costs = {kind: 1.0 / statistics.median(values) for kind, values in rates.items() if values}
+  if evals:
+    costs["eval"] = statistics.fmean(evals)
+  if recons:
+    costs["recon"] = statistics.fmean(recons)
+  return costs
+
+
+def pilot_costs(results: str) -> dict[str, float]:
+  """The pilot's estimates for the chosen size (seconds per step by stage kind, seconds per eval), where
+  it has run (experiments/pilot.py)."""
+  path = os.path.join(results, "pilot", "pilot.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    record = json.load(f)
+  chosen = record.get("chosen")
+  if chosen is None or chosen not in record.get("timing", {}).get("projection_hours_two_seeds", {}):
+    return {}
+  projection = record["timing"]["projection_hours_two_seeds"][chosen]
+  num_steps = projection["num_steps"]
+  costs = {kind: hours * 3600 / num_steps for kind, hours in projection["stage_hours"].items()}
+  costs["eval"] = projection["eval_seconds_per_row"]
+  return costs
+
+
+def remaining_seconds(run: program_runs.Run, costs: dict[str, float], num_steps: int,
+                      counted: set[str] | None = None) -> float | None:
+  """Seconds left for `run`: its training stages' remaining steps (latest checkpoint against num_steps)
+  and its eval (with its VAE's reconstructions where no earlier run computes them, if their cost is
+  known: the pilot's eval cost includes them); None where a cost is unknown. counted: the stage
+  directories and VAEs already counted for earlier runs (a shared VAE is trained once, and its
+  reconstructions computed once, by the first run that needs it); updated, for done runs too."""
+  counted = set() if counted is None else counted
+  recon_key = "recon:" + (run.vae_workdir or run.workdir)
+  first_on_vae = recon_key not in counted
+  counted.add(recon_key)
+  if run.done():
+    return 0.0
+  config = importlib.import_module(run.row.config[:-3].replace("/", ".")).get_config()
+  total = 0.0
+  for stage in config.stages:
+    if stage in program_runs.TRAINING_STAGES:
+      home = run.vae_workdir if (stage in ("vae", "cotrain") and run.vae_workdir) else run.workdir
+      if os.path.join(home, stage) in counted:
+        continue
+      counted.add(os.path.join(home, stage))
+      ckpts = glob.glob(os.path.join(home, stage, "checkpoints", "[0-9]*"))
+      done = max((int(os.path.basename(p)) for p in ckpts), default=0)
+      kind = _stage_kind(stage, run.row.config)
+      if kind not in costs:
+        return None
+      total += max(num_steps - done, 0) * costs[kind]
+    elif stage == "eval":
+      if "eval" not in costs:
+        return None
+      total += costs["eval"] + (costs.get("recon", 0.0) if first_on_vae else 0.0)
+  return total

@@ -1,0 +1,108 @@
+"""The results program's runs: every row of the Fashion-MNIST table (experiments/fmnist_rows.py) at each
+seed, where each lives, which are done, and which rows the finished seeds call a third seed for.
+
+Read by the driver (experiments/program.py), its ETA (experiments/program_costs.py) and the sampler
+study; nothing here starts a process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import sys
+from typing import Iterable, Sequence
+
+from experiments import claims, fmnist_rows
+
+FIRST_SEEDS = (0, 1)
+THIRD_SEED = 2
+# Training stages and what their cost is measured by (experiments.run's stage names).
+TRAINING_STAGES = ("vae", "cotrain", "ldm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One row at one seed, and where it lives."""
+  row: fmnist_rows.Row
+  seed: int
+  root: str
+
+  @property
+  def name(self) -> str:
+    return f"{self.row.name}/s{self.seed}"
+
+  @property
+  def workdir(self) -> str:
+    return os.path.join(self.root, self.row.name, f"s{self.seed}")
+
+  @property
+  def vae_workdir(self) -> str | None:
+    home = self.row.vae_home
+    return None if home is None else os.path.join(self.root, home, f"s{self.seed}")
+
+  def command(self, overrides: Sequence[str] = ()) -> list[str]:
+    command = [sys.executable, "-m", "experiments.run", f"--config={self.row.config}",
+               f"--workdir={self.workdir}", f"--config.seed={self.seed}"]
+    if self.vae_workdir:
+      command.append(f"--config.vae_workdir={self.vae_workdir}")
+    return command + list(overrides)
+
+  def done(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, "done.json"))
+
+
+def runs_for(seeds: Iterable[int], root: str, rows: Sequence[fmnist_rows.Row] = fmnist_rows.ROWS) -> list[Run]:
+  """Seed by seed, every row in table order (row (b) after (a), whose VAE it uses)."""
+  return [Run(row, seed, root) for seed in seeds for row in rows]
+
+
+def eval_record(workdir: str) -> dict | None:
+  """The eval record of a finished run (its workdir's eval/*.json written by the `eval` stage)."""
+  paths = sorted(glob.glob(os.path.join(workdir, "eval", "*.json")))
+  records = []
+  for path in paths:
+    with open(path) as f:
+      record = json.load(f)
+    if record.get("stage") == "eval":
+      records.append(record)
+  return records[-1] if records else None
+
+
+def fids_by_row(root: str, seeds: Iterable[int]) -> dict[str, list[float]]:
+  """{row: [FID of each finished seed]} over `seeds`."""
+  out: dict[str, list[float]] = {}
+  for run in runs_for(seeds, root):
+    record = eval_record(run.workdir) if run.done() else None
+    if record is not None:
+      out.setdefault(run.row.name, []).append(float(record["metrics"]["fid"]))
+  return out
+
+
+def third_seed_rows(fids: dict[str, list[float]]) -> list[str]:
+  """Rows that need a third seed: those whose FIDs are not `claims.separated` from another row's (mean
+  within twice the larger of the two sample sds). Rows with fewer than two seeds are not judged."""
+  names = [name for name, values in fids.items() if len(values) >= claims.MIN_SEEDS]
+  close = set()
+  for i, first in enumerate(names):
+    for second in names[i + 1:]:
+      if not claims.separated(fids[first], fids[second]):
+        close.update((first, second))
+  return [row.name for row in fmnist_rows.ROWS if row.name in close]
+
+
+def planned_runs(root: str) -> list[Run]:
+  """The whole program as far as it is known now: seeds 0 and 1 of every row, then the third seeds that
+  the finished first two call for (none until both seeds of at least two rows are done)."""
+  runs = runs_for(FIRST_SEEDS, root)
+  extra = third_seed_rows(fids_by_row(root, FIRST_SEEDS))
+  return runs + runs_for((THIRD_SEED,), root, [fmnist_rows.BY_NAME[name] for name in extra])
+
+
+def summary(record: dict) -> str:
+  metrics = record["metrics"]
+  parts = [f"FID {metrics['fid']:.2f}" if metrics.get("fid") is not None else None,
+           f"recon FID {metrics['recon_fid']:.2f}" if metrics.get("recon_fid") is not None else None,
+           f"SW2^2 {metrics['sw2_squared']:.3g}" if metrics.get("sw2_squared") is not None else None]
+  return ", ".join(p for p in parts if p)

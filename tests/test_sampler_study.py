@@ -1,0 +1,71 @@
+"""experiments.sampler_study: which row it studies, its workdir, resuming, and its summary. The row's
+eval stage is replaced by a stand-in command that writes what `experiments.run --stages=eval` would."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from experiments import program_runs, sampler_study
+
+# A stand-in for `experiments.run --stages=eval` with the study's overrides: one eval record and grid
+# named as the eval stage names them, FID = steps (so the summary's order can be checked), and a line in
+# calls.txt beside the study workdir.
+FAKE_EVAL = r"""
+import json, os, sys
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+workdir, method = args["--workdir"], args["--config.sample.method"]
+steps, n = int(args["--config.sample.num_steps"]), int(args["--config.eval.num_samples"])
+assert os.path.islink(os.path.join(workdir, "ldm")), "the trained stage is linked in"
+os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+name = os.path.join(workdir, "eval", f"ldm_{method}_{steps}_n{n}")
+record = {"stage": "eval", "sampler": method, "steps": steps, "nfe": 4 * steps, "wall_seconds": {"sampling": 1.0},
+          "metrics": {"fid": float(steps), "sw2_squared": 1e-3, "sw2_squared_real_vs_real_mean": 3e-4}}
+json.dump(record, open(name + ".json", "w"))
+open(name + "_grid.png", "wb").write(b"png")
+open(os.path.join(os.path.dirname(workdir), "calls.txt"), "a").write(f"{method}_{steps}\n")
+"""
+
+
+def finish(root, row: str, seed: int, fid: float) -> None:
+  """A finished program run of `row` at `seed` with FID `fid` and a trained ldm stage."""
+  workdir = root / row / f"s{seed}"
+  os.makedirs(workdir / "eval")
+  os.makedirs(workdir / "ldm")
+  json.dump({"stage": "eval", "metrics": {"fid": fid}}, open(workdir / "eval" / "ldm_rk4_10_n10000.json", "w"))
+  json.dump({}, open(workdir / "done.json", "w"))
+
+
+def test_best_row_has_the_lowest_mean_fid_of_the_rows_with_both_first_seeds(tmp_path):
+  with pytest.raises(SystemExit, match="no row has finished both seeds"):
+    sampler_study.best_row(str(tmp_path))
+  for row, fids in (("c", (12.0, 14.0)), ("lsi", (12.5, 12.7)), ("cg_element", (9.0,))):
+    for seed, fid in enumerate(fids):
+      finish(tmp_path, row, seed, fid)
+  # cg_element has the lowest FID but one seed only; lsi's mean 12.6 beats c's 13.0.
+  assert sampler_study.best_row(str(tmp_path)) == "lsi"
+
+
+def test_the_study_runs_every_sampler_once_from_the_row_s_trained_stages_and_resumes(tmp_path, monkeypatch):
+  script = tmp_path / "fake_eval.py"
+  script.write_text(FAKE_EVAL)
+  monkeypatch.setattr(program_runs.Run, "command", lambda self, overrides=(): [
+      sys.executable, str(script), f"--workdir={self.workdir}", f"--config.seed={self.seed}", *overrides])
+  root, results = tmp_path / "runs", tmp_path / "results"
+  with pytest.raises(SystemExit, match="has not finished"):
+    sampler_study.run_study("c", 0, str(root), str(results))
+  finish(root, "c", 0, 13.0)
+  out_dir = sampler_study.run_study("c", 0, str(root), str(results))
+  calls = open(root / "sampler_study" / "calls.txt").read().split()
+  assert calls == [f"{method}_{steps}" for method, steps in sampler_study.SAMPLERS]
+  # The row's own workdir keeps its one eval record; the study's records are copied to the results.
+  assert os.listdir(root / "c" / "s0" / "eval") == ["ldm_rk4_10_n10000.json"]
+  study = json.load(open(os.path.join(out_dir, "study.json")))
+  assert [(r["sampler"], r["steps"]) for r in study["samplers"]] == list(sampler_study.SAMPLERS)
+  assert os.path.exists(os.path.join(out_dir, "study.png"))
+  assert "| rk4 | 5 | 20 | 5.00 | 1.00e-03 | 1 |" in sampler_study.table(out_dir)
+  sampler_study.run_study("c", 0, str(root), str(results))  # everything evaluated: nothing runs again
+  assert len(open(root / "sampler_study" / "calls.txt").read().split()) == len(sampler_study.SAMPLERS)
