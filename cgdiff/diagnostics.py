@@ -18,15 +18,18 @@ TARGET_NAMES = ("tweedie", "csem", "lsi")
 
 def target_variance_profile(key: Array, means: Array, logvars: Array, log_weights: Array,
                             schedule: schedules_lib.Schedule, times: Array, *, num_points: int = 32,
-                            num_draws: int = 1024, gate_fn=None) -> dict[str, Array]:
+                            num_draws: int = 1024, gate_fn=None, blend_target: str = "critic_gate",
+                            prior: score_targets.Prior | None = None) -> dict[str, Array]:
   """Mean over z_t ~ p_t and over latent elements of Var(target | z_t), for each time; each [T].
 
   For each time, `num_points` z_t are drawn from the diffused field and, at each, `num_draws` exact
   draws of (i, z0) given z_t (targets.sample_gaussian_field_posterior). Also returns the mean oracle
   gate E[g*] under the same draws ("oracle_gate"). LSI's variance here is its mixture variance
   Var(l | z_t), the irreducible part (002 eq. 14). With gate_fn(z_t [B, ...], t [B]) -> g (a learned
-  gate), also "blend": Var((1 - g) a + g b | z_t), the critic-gate target with that gate (g depends on
-  z_t only, so it is one value per point).
+  gate), also "blend": the variance of the registered gated target `blend_target` with that gate (g
+  depends on z_t only, so it is one value per point): Var((1 - g) a + g b | z_t) for "critic_gate";
+  for 001's "critic_gate_prior" (with `prior`, the latent statistics) a is the prior CSEM, whose blend
+  has zero variance at g = g_p (MATH.md errata 4).
   """
   means, logvars, log_weights = map(jnp.asarray, (means, logvars, log_weights))
 
@@ -45,7 +48,10 @@ def target_variance_profile(key: Array, means: Array, logvars: Array, log_weight
     }
     if gate_fn is not None:
       gate = gate_fn(z_t, jnp.full((1,), t))  # [1, ...]: the same z_t for every draw
-      values["blend"] = targets.blend(values["csem"], values["tweedie"], gate)
+      draw = score_targets.DiffusionDraw(z0=z0s, z_t=z_rep, eps=(z_rep - alpha * z0s) / sigma, mean=mean,
+                                         logvar=logvar, alpha=alpha, sigma=sigma)
+      eps_blend = score_targets.eps_target(blend_target, draw, gate=gate, prior=prior)
+      values["blend"] = -eps_blend / sigma  # back to score units, as the others
     out = {name: jnp.mean(jnp.var(v, axis=0)) for name, v in values.items()}
     out["oracle_gate"] = jnp.mean(targets.oracle_gate(logvar, alpha, sigma))
     return out

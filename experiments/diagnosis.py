@@ -14,7 +14,7 @@ diagnose.split, encoded by the model's VAE (z0 and z_t drawn afresh, seeded):
   variances  diagnostics.target_variance_profile on the Gaussian field of the first
              diagnose.field_components of those posteriors (equal weights): Var(target | z_t) of Tweedie,
              CSEM, LSI (its mixture variance, 002 eq. 14's irreducible part) and, with a gate, the
-             learned blend; in eps units (sigma^2 Var(score)), what the loss sees.
+             learned blend of the row's own gated target (config.ldm.target); in eps units (sigma^2 Var(score)), what the loss sees.
 Writes diagnose/<source>.json and its figures <source>_gates.png, <source>_variances.png.
 """
 
@@ -49,12 +49,14 @@ def _gate_profile(key, mean, logvar, times, prior, score_params, gate_params, *,
                                   prior=prior)
 
 
-@functools.partial(jax.jit, static_argnames=("schedule", "gate", "num_points", "num_draws"))
-def _variance_profile(key, means, logvars, times, gate_params, *, schedule, gate, num_points, num_draws):
+@functools.partial(jax.jit, static_argnames=("schedule", "gate", "blend_target", "num_points", "num_draws"))
+def _variance_profile(key, means, logvars, times, prior, gate_params, *, schedule, gate, blend_target, num_points,
+                      num_draws):
   log_weights = np.full((means.shape[0],), -np.log(means.shape[0]), np.float32)
   gate_fn = None if gate is None else (lambda z, t: gate.apply(gate_params, z, t))
   return diagnostics.target_variance_profile(key, means, logvars, log_weights, schedule, times,
-                                             num_points=num_points, num_draws=num_draws, gate_fn=gate_fn)
+                                             num_points=num_points, num_draws=num_draws, gate_fn=gate_fn,
+                                             blend_target=blend_target, prior=prior)
 
 
 def reference_gaussian(config: ml_collections.ConfigDict, workdir: str, mean: np.ndarray,
@@ -85,7 +87,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        networks.score_params, networks.gate_params,
                                        score_net=networks.score_net, **statics))
   k = min(cfg.field_components, len(mean))
-  variances = jax.device_get(_variance_profile(key_field, mean[:k], logvar[:k], times, networks.gate_params,
+  # The blend is the row's own gated target: 001's prior-CSEM row blends the prior CSEM (with `prior`).
+  blend_target = config.ldm.target if networks.gate is not None else "critic_gate"
+  variances = jax.device_get(_variance_profile(key_field, mean[:k], logvar[:k], times, tuple(map(np.asarray, prior)),
+                                               networks.gate_params, blend_target=blend_target,
                                                num_points=cfg.num_points, num_draws=cfg.num_draws, **statics))
   sigma2 = np.asarray(schedule.sigma(times)) ** 2
   eps_variances = {name: sigma2 * np.asarray(v) for name, v in variances.items() if name != "oracle_gate"}

@@ -130,3 +130,24 @@ def test_learned_blend_with_the_oracle_gate_has_the_variance_of_lsi():
                                                 gate_fn=gate_fn)
   np.testing.assert_allclose(profile["blend"], profile["lsi"], rtol=1e-3)
   assert np.all(np.asarray(profile["tweedie"]) > np.asarray(profile["lsi"]))
+
+
+def test_learned_blend_of_the_prior_target_at_the_prior_gate_has_zero_variance():
+  """Errata 4 on the field: the blend of 001's prior-CSEM target at g = g_p cancels z0, so its variance
+  given z_t is 0 (to float32 round-off: 1e-6 of Tweedie's), while the posterior-CSEM blend at the same
+  gate keeps a variance of the order of Tweedie's. The profile must blend the target it is told to."""
+  schedule = schedules.cosine()
+  rng = np.random.default_rng(5)
+  means = rng.normal(size=(16, 4)).astype(np.float32)
+  logvars = rng.uniform(-2.0, 0.0, size=(16, 4)).astype(np.float32)
+  log_weights = np.full((16,), -np.log(16.0), np.float32)
+  prior = (jnp.zeros((4,)), jnp.full((4,), 0.2))  # any Gaussian: g_p is its gate
+  gate_fn = lambda z, t: targets.oracle_gate(jnp.full(z.shape, 0.2), schedule.alpha(t)[:, None],
+                                             schedule.sigma(t)[:, None])
+  profile = lambda target: diagnostics.target_variance_profile(
+      jax.random.PRNGKey(6), means, logvars, log_weights, schedule, jnp.array([0.2, 0.5, 0.8]), num_points=4,
+      num_draws=256, gate_fn=gate_fn, blend_target=target, prior=prior)
+  prior_blend, posterior_blend = profile("critic_gate_prior"), profile("critic_gate")
+  tweedie = np.asarray(prior_blend["tweedie"])
+  np.testing.assert_array_less(np.asarray(prior_blend["blend"]), 1e-6 * tweedie)
+  assert np.all(np.asarray(posterior_blend["blend"]) > 1e-2 * tweedie)
