@@ -53,14 +53,20 @@ CLAIMS = (
 )
 
 
-def separated(first: Sequence[float], second: Sequence[float]) -> bool | None:
-  """Whether two rows' seeds differ: |mean difference| >= 2 x the larger sample sd (the issue's rule as
-  written, so two rows with no spread and equal means count as separated: a third seed cannot split
-  them). None when either row has fewer than MIN_SEEDS seeds."""
+def threshold(first: Sequence[float], second: Sequence[float]) -> float | None:
+  """Twice the larger of the two rows' sample sds: how far apart their means must be to differ. None
+  when either row has fewer than MIN_SEEDS seeds."""
   if len(first) < MIN_SEEDS or len(second) < MIN_SEEDS:
     return None
-  spread = max(statistics.stdev(first), statistics.stdev(second))
-  return abs(statistics.fmean(first) - statistics.fmean(second)) >= 2 * spread
+  return 2 * max(statistics.stdev(first), statistics.stdev(second))
+
+
+def separated(first: Sequence[float], second: Sequence[float]) -> bool | None:
+  """Whether two rows' seeds differ: |mean difference| >= `threshold` (the issue's rule as written, so two
+  rows with no spread and equal means count as separated: a third seed cannot split them). None when
+  either row has fewer than MIN_SEEDS seeds."""
+  bound = threshold(first, second)
+  return None if bound is None else abs(statistics.fmean(first) - statistics.fmean(second)) >= bound
 
 
 def verdict(claim: Claim, first: Sequence[float], second: Sequence[float]) -> str:
@@ -81,4 +87,4 @@ def verdict(claim: Claim, first: Sequence[float], second: Sequence[float]) -> st
 def paper_value(row: str, metric: str) -> float | None:
   """002's Table 1 value of `metric` for `row`; None where 002 has no such row."""
   paper = fmnist_rows.BY_NAME[row].paper
-  return None if paper is None else dict(zip(("recon_fid", "fid", "sw2_squared"), paper))[metric]
+  return None if paper is None else dict(zip(fmnist_rows.PAPER_METRICS, paper))[metric]

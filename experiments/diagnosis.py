@@ -14,7 +14,8 @@ diagnose.split, encoded by the model's VAE (z0 and z_t drawn afresh, seeded):
   variances  diagnostics.target_variance_profile on the Gaussian field of the first
              diagnose.field_components of those posteriors (equal weights): Var(target | z_t) of Tweedie,
              CSEM, LSI (its mixture variance, 002 eq. 14's irreducible part) and, with a gate, the
-             learned blend of the row's own gated target (config.ldm.target); in eps units (sigma^2 Var(score)), what the loss sees.
+             learned blend of the row's own gated target (config.ldm.target); in eps units
+             (sigma^2 Var(score)), what the loss sees.
 Writes diagnose/<source>.json and its figures <source>_gates.png, <source>_variances.png.
 """
 
@@ -78,18 +79,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   images = common.train_images(config, cfg.split)[:cfg.num_posteriors]
   mean, logvar = common.encode_all(networks.vae, networks.vae_params, images)
   prior, prior_source = reference_gaussian(config, workdir, mean, logvar)
+  prior = tuple(map(np.asarray, prior))
   schedule = common.schedule(config)
   times = np.asarray(schedules.time_grid(schedule, cfg.num_times - 1))[::-1]  # increasing t
   log_snr = np.asarray(schedule.log_snr(times))
   key_gates, key_field = jax.random.split(jax.random.PRNGKey(config.seed + 12))
   statics = {"schedule": schedule, "gate": networks.gate}
-  gates = jax.device_get(_gate_profile(key_gates, mean, logvar, times, tuple(map(np.asarray, prior)),
+  gates = jax.device_get(_gate_profile(key_gates, mean, logvar, times, prior,
                                        networks.score_params, networks.gate_params,
                                        score_net=networks.score_net, **statics))
   k = min(cfg.field_components, len(mean))
-  # The blend is the row's own gated target: 001's prior-CSEM row blends the prior CSEM (with `prior`).
+  # The blend is the row's own gated target: 001's prior-CSEM row blends the prior CSEM (with `prior`). A
+  # gate comes only with an `ldm` group; without one there is no blend and the name is not used.
   blend_target = config.ldm.target if networks.gate is not None else "critic_gate"
-  variances = jax.device_get(_variance_profile(key_field, mean[:k], logvar[:k], times, tuple(map(np.asarray, prior)),
+  variances = jax.device_get(_variance_profile(key_field, mean[:k], logvar[:k], times, prior,
                                                networks.gate_params, blend_target=blend_target,
                                                num_points=cfg.num_points, num_draws=cfg.num_draws, **statics))
   sigma2 = np.asarray(schedule.sigma(times)) ** 2

@@ -12,6 +12,10 @@ import dataclasses
 TWO_STAGE_VAE = "two_stage_vae"
 
 
+# The eval record's metrics that 002's Table 1 has, in the order of Row.paper.
+PAPER_METRICS = ("recon_fid", "fid", "sw2_squared")
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One row. name: its id in paths (runs/fmnist/<name>/s<seed>); config: configs/<file>.py; label: the

@@ -9,8 +9,8 @@ Each (row, seed) is one `python -m experiments.run --config=<row config> --workd
 --config.seed=<seed> [--config.vae_workdir=<root>/<home>/s<seed>]`: the row's own command, which trains,
 samples and evaluates, resuming whatever is done. Rows that share a VAE point at the workdir that holds
 it. The order is seed 0 of every row, then seed 1 of every row, then a third seed of every row whose
-FID is within twice the spread between seeds of another row's (`program_runs.third_seed_rows`). A finished run
-leaves `done.json` in its workdir; its records, figures and training logs are copied to
+FID is within twice the spread between seeds of another row's (`program_runs.third_seed_rows`). A
+finished run leaves `done.json` in its workdir; its records, figures and training logs are copied to
 <results>/<row>/s<seed>/ and, with --commit, committed at once. A failed run is tried again once (a
 hung one, killed by the stall watchdog, up to MAX_STALLS times), then left for the next `run` (its log
 stays in <workdir>/run.log). A SIGTERM stops the driver: it passes the signal on to the running row, which

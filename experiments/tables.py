@@ -153,8 +153,8 @@ def claims_table(records: dict[str, list[dict[str, Any]]]) -> str:
                      for row in (claim.first, claim.second))
     relation = "<" if claim.relation == "lower" else "~"
     difference = (f"{statistics.fmean(first) - statistics.fmean(second):{number}}" if first and second else "-")
-    spread = ("-" if min(len(first), len(second)) < claims.MIN_SEEDS else
-              f"{2 * max(statistics.stdev(first), statistics.stdev(second)):{number}}")
+    bound = claims.threshold(first, second)
+    spread = "-" if bound is None else f"{bound:{number}}"
     paper = [claims.paper_value(row, claim.metric) for row in (claim.first, claim.second)]
     paper_difference = "-" if None in paper else f"{paper[0] - paper[1]:{number}}"
     lines.append(f"| {_short(claim.first)} {relation} {_short(claim.second)} on {name} | {claim.source} | "
