@@ -11,7 +11,8 @@ samples and evaluates, resuming whatever is done. Rows that share a VAE point at
 it. The order is seed 0 of every row, then seed 1 of every row, then a third seed of every row whose
 FID is within twice the spread between seeds of another row's (`program_runs.third_seed_rows`). A
 finished run leaves `done.json` in its workdir; its records, figures and training logs are copied to
-<results>/<row>/s<seed>/ and, with --commit, committed at once. A failed run is tried again once (a
+<results>/<row>/s<seed>/ and, with --commit, committed at once. A run whose eval record is there is done
+on any machine, its workdir there or not. A failed run is tried again once (a
 hung one, killed by the stall watchdog, up to MAX_STALLS times), then left for the next `run` (its log
 stays in <workdir>/run.log). A SIGTERM stops the driver: it passes the signal on to the running row, which
 saves the training step it is in (cgdiff.train.loop), waits for it and exits; the next `run` resumes.
@@ -186,7 +187,8 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
   previous_handler = signal.signal(signal.SIGTERM, request_stop)
   try:
     while not stop.is_set():
-      runs = program_runs.runs_for(seeds, root) if seeds is not None else program_runs.planned_runs(root)
+      runs = (program_runs.runs_for(seeds, root, results=results) if seeds is not None
+              else program_runs.planned_runs(root, results))
       if rows is not None:
         runs = [r for r in runs if r.row.name in rows]
       todo = [r for r in runs if not r.done() and r.name not in attempted]
@@ -194,6 +196,8 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
         break
       run = todo[0]
       attempted.add(run.name)
+      if program_runs.vae_trained_again(run, program_runs.runs_for((run.seed,), root, results=results)):
+        log(f"{run.name}: its VAE ({run.vae_workdir}) was trained on an earlier machine and is gone; trained again")
       crashes = stalls = 0
       start = time.time()  # the row's time over all its attempts, hangs included
       while True:
@@ -202,7 +206,8 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
         seconds = time.time() - start
         if status == 0 or stop.is_set():
           break
-        log(f"{run.name}: exit status {status}, {seconds:.0f} s after its first attempt began; log {run.workdir}/run.log")
+        log(f"{run.name}: exit status {status}, {seconds:.0f} s after its first attempt began; "
+            f"log {run.workdir}/run.log")
         if status == STALLED:
           stalls += 1
         else:
@@ -247,15 +252,16 @@ def signal_running(root: str, sig: int) -> str:
 def status(root: str, results: str) -> str:
   from configs import fmnist_base  # pylint: disable=g-import-not-at-top
   num_steps = fmnist_base.EPOCHS * fmnist_base.EPOCH_STEPS
-  costs = {**program_costs.pilot_costs(results), **program_costs.measured_costs(root)}
+  costs = {**program_costs.pilot_costs(results), **program_costs.measured_costs(root, results)}
   lock = read_lock(root)
   running = lock.get("run") if lock else None
   lines, left, unknown, counted = [], 0.0, False, set()
-  for run in program_runs.planned_runs(root):
+  for run in program_runs.planned_runs(root, results):
     seconds = program_costs.remaining_seconds(run, costs, num_steps, counted)
     if run.done():
-      record = program_runs.eval_record(run.workdir)
-      lines.append(f"  done     {run.name:16s} {program_runs.summary(record) if record else ''}")
+      record = run.record()
+      where = "" if run.finished_here() else " (committed; workdir not on this machine)"
+      lines.append(f"  done     {run.name:16s} {program_runs.summary(record) if record else ''}{where}")
       continue
     unknown |= seconds is None
     left += seconds or 0.0
@@ -269,9 +275,10 @@ def status(root: str, results: str) -> str:
     lines.append(f"  {state:8s} {run.name:16s} ~{eta}")
   head = f"program in {root}: " + (f"driver pid {lock['pid']}, running {running}" if lock else "not running")
   total = f"left: ~{left / 3600:.1f} h" + (" (+ runs of unknown cost)" if unknown else "")
-  third = program_runs.third_seed_rows(program_runs.fids_by_row(root, program_runs.FIRST_SEEDS))
+  third = program_runs.third_seed_rows(program_runs.fids_by_row(root, program_runs.FIRST_SEEDS, results))
   return "\n".join([head, *lines, total, f"third seeds called for: {third or 'none (yet)'}",
-                    f"costs (s/step by stage kind; s per eval, per VAE's reconstructions): {json.dumps({k: round(v, 3) for k, v in costs.items()})}"])
+                    "costs (s/step by stage kind; s per eval, per VAE's reconstructions): "
+                    + json.dumps({k: round(v, 3) for k, v in costs.items()})])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -33,20 +33,36 @@ def _stage_kind(stage: str, config_path: str) -> str:
 ONCE_PER_PROGRAM, ONCE_PER_VAE = "reference_statistics", "recon_fid_features"
 
 
-def measured_costs(root: str) -> dict[str, float]:
+def _training_logs(run: program_runs.Run, results: str | None) -> list[tuple[str, str]]:
+  """(kind, metrics.jsonl) of each training stage the run and its VAE's home have logged: the workdir's
+  log, else its committed copy (runs finished on an earlier machine)."""
+  homes = [(run.workdir, run.results_dir, run.row.config)]
+  if run.vae_workdir:
+    committed = None if results is None else os.path.join(results, run.row.vae_home, f"s{run.seed}")
+    homes.append((run.vae_workdir, committed, ""))
+  logs = []
+  for workdir, committed, config in homes:
+    for stage in program_runs.TRAINING_STAGES:
+      candidates = [os.path.join(d, stage, "metrics.jsonl") for d in (workdir, committed) if d]
+      found = [path for path in candidates if os.path.exists(path)]
+      if found:
+        logs.append((_stage_kind(stage, config), found[0]))
+  return logs
+
+
+def measured_costs(root: str, results: str | None = None) -> dict[str, float]:
   """Seconds per training step of each stage kind (median steps/s of every logged interval so far),
   seconds per eval without the once-only parts ("eval") and for a VAE's reconstructions ("recon"), the
-  means over the eval records, over the whole program's workdirs."""
+  means over the eval records, over the whole program's workdirs and committed results."""
   rates: dict[str, list[float]] = {}
   evals, recons = [], []
-  for run in program_runs.runs_for(program_runs.FIRST_SEEDS + (program_runs.THIRD_SEED,), root):
-    for workdir in filter(None, (run.workdir, run.vae_workdir)):
-      for stage in program_runs.TRAINING_STAGES:
-        kind = _stage_kind(stage, run.row.config if workdir == run.workdir else "")
-        rates.setdefault(kind, []).extend(
-            m["steps_per_sec"] for m in _metrics(os.path.join(workdir, stage, "metrics.jsonl"))
-            if m.get("steps_per_sec"))
-    record = program_runs.eval_record(run.workdir) if run.done() else None
+  seen: set[str] = set()  # a shared VAE's log counts once
+  for run in program_runs.runs_for(program_runs.FIRST_SEEDS + (program_runs.THIRD_SEED,), root, results=results):
+    for kind, path in _training_logs(run, results):
+      if path not in seen:
+        seen.add(path)
+        rates.setdefault(kind, []).extend(m["steps_per_sec"] for m in _metrics(path) if m.get("steps_per_sec"))
+    record = run.record() if run.done() else None
     if record is not None:
       wall = record["wall_seconds"]
       evals.append(wall["total"] - wall.get(ONCE_PER_PROGRAM, 0.0) - wall.get(ONCE_PER_VAE, 0.0))

@@ -28,6 +28,8 @@ class Run:
   row: fmnist_rows.Row
   seed: int
   root: str
+  # Where the driver copies (and commits) finished runs' artefacts: <results>/<row>/s<seed>/.
+  results: str | None = None
 
   @property
   def name(self) -> str:
@@ -49,20 +51,43 @@ class Run:
       command.append(f"--config.vae_workdir={self.vae_workdir}")
     return command + list(overrides)
 
-  def done(self) -> bool:
+  @property
+  def results_dir(self) -> str | None:
+    return None if self.results is None else os.path.join(self.results, self.row.name, f"s{self.seed}")
+
+  def finished_here(self) -> bool:
+    """Finished in this machine's workdir (which holds its checkpoints)."""
     return os.path.exists(os.path.join(self.workdir, "done.json"))
 
+  def done(self) -> bool:
+    """Finished here, or on an earlier machine whose workdirs are gone: the committed eval record under
+    `results` is what a run is for, so a run that has one is not run again."""
+    return self.finished_here() or self.committed_record() is not None
 
-def runs_for(seeds: Iterable[int], root: str, rows: Sequence[fmnist_rows.Row] = fmnist_rows.ROWS) -> list[Run]:
+  def committed_record(self) -> dict | None:
+    if self.results_dir is None:
+      return None
+    return _latest_eval_record(glob.glob(os.path.join(self.results_dir, "*.json")))
+
+  def record(self) -> dict | None:
+    """The eval record of a done run: its workdir's, else the committed copy."""
+    return (eval_record(self.workdir) if self.finished_here() else None) or self.committed_record()
+
+
+def runs_for(seeds: Iterable[int], root: str, rows: Sequence[fmnist_rows.Row] = fmnist_rows.ROWS,
+             results: str | None = None) -> list[Run]:
   """Seed by seed, every row in table order (row (b) after (a), whose VAE it uses)."""
-  return [Run(row, seed, root) for seed in seeds for row in rows]
+  return [Run(row, seed, root, results) for seed in seeds for row in rows]
 
 
 def eval_record(workdir: str) -> dict | None:
   """The eval record of a finished run (its workdir's eval/*.json written by the `eval` stage)."""
-  paths = sorted(glob.glob(os.path.join(workdir, "eval", "*.json")))
+  return _latest_eval_record(glob.glob(os.path.join(workdir, "eval", "*.json")))
+
+
+def _latest_eval_record(paths: Iterable[str]) -> dict | None:
   records = []
-  for path in paths:
+  for path in sorted(paths):
     with open(path) as f:
       record = json.load(f)
     if record.get("stage") == "eval":
@@ -70,11 +95,22 @@ def eval_record(workdir: str) -> dict | None:
   return records[-1] if records else None
 
 
-def fids_by_row(root: str, seeds: Iterable[int]) -> dict[str, list[float]]:
+def vae_trained_again(run: Run, runs: Sequence[Run]) -> bool:
+  """Whether `run` shares its VAE with a run that finished on an earlier machine while that VAE's
+  workdir is gone here, so that the row's command trains it again (same seed and code; CPU XLA is
+  deterministic, the README's Reliability section)."""
+  if run.vae_workdir is None or any(os.path.isdir(os.path.join(run.vae_workdir, stage, "checkpoints"))
+                                    for stage in TRAINING_STAGES):
+    return False
+  return any(other.seed == run.seed and other.done() and not other.finished_here()
+             and run.vae_workdir in (other.vae_workdir, other.workdir) for other in runs)
+
+
+def fids_by_row(root: str, seeds: Iterable[int], results: str | None = None) -> dict[str, list[float]]:
   """{row: [FID of each finished seed]} over `seeds`."""
   out: dict[str, list[float]] = {}
-  for run in runs_for(seeds, root):
-    record = eval_record(run.workdir) if run.done() else None
+  for run in runs_for(seeds, root, results=results):
+    record = run.record()
     if record is not None:
       out.setdefault(run.row.name, []).append(float(record["metrics"]["fid"]))
   return out
@@ -92,12 +128,12 @@ def third_seed_rows(fids: dict[str, list[float]]) -> list[str]:
   return [row.name for row in fmnist_rows.ROWS if row.name in close]
 
 
-def planned_runs(root: str) -> list[Run]:
+def planned_runs(root: str, results: str | None = None) -> list[Run]:
   """The whole program as far as it is known now: seeds 0 and 1 of every row, then the third seeds that
   the finished first two call for (none until both seeds of at least two rows are done)."""
-  runs = runs_for(FIRST_SEEDS, root)
-  extra = third_seed_rows(fids_by_row(root, FIRST_SEEDS))
-  return runs + runs_for((THIRD_SEED,), root, [fmnist_rows.BY_NAME[name] for name in extra])
+  runs = runs_for(FIRST_SEEDS, root, results=results)
+  extra = third_seed_rows(fids_by_row(root, FIRST_SEEDS, results))
+  return runs + runs_for((THIRD_SEED,), root, [fmnist_rows.BY_NAME[name] for name in extra], results)
 
 
 def summary(record: dict) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib
 import json
 import os
 import shutil
@@ -34,17 +35,30 @@ NUM_SAMPLES = 5000
 TRAINED = ("vae", "stats", "ldm", "cotrain")
 
 
-def best_row(root: str) -> str:
+def best_row(root: str, results: str | None = None) -> str:
   """The row with the lowest mean FID over its finished seeds 0 and 1 (rows with both seeds only)."""
-  fids = {name: values for name, values in program_runs.fids_by_row(root, program_runs.FIRST_SEEDS).items()
+  fids = {name: values for name, values in program_runs.fids_by_row(root, program_runs.FIRST_SEEDS, results).items()
           if len(values) == len(program_runs.FIRST_SEEDS)}
   if not fids:
     raise SystemExit("no row has finished both seeds yet; pass --row.")
   return min(fids, key=lambda name: statistics.fmean(fids[name]))
 
 
-def study_run(row: str, seed: int, root: str) -> program_runs.Run:
-  return program_runs.Run(fmnist_rows.BY_NAME[row], seed, root)
+def study_run(row: str, seed: int, root: str, results: str | None = None) -> program_runs.Run:
+  return program_runs.Run(fmnist_rows.BY_NAME[row], seed, root, results)
+
+
+def train_again(run: program_runs.Run) -> None:
+  """Trains the training stages of a run that finished on an earlier machine (its committed record is
+  here, its checkpoints are not) with the row's own command and seed; resumes where a previous call
+  stopped."""
+  config = importlib.import_module(run.row.config[:-3].replace("/", ".")).get_config()
+  stages = [stage for stage in config.stages if stage in TRAINED]
+  program.log(f"sampler study {run.name}: its checkpoints are not on this machine; training {stages} again")
+  os.makedirs(run.workdir, exist_ok=True)
+  with open(os.path.join(run.workdir, "run.log"), "a") as log:
+    subprocess.run(run.command([f"--stages={','.join(stages)}"]), stdout=log, stderr=subprocess.STDOUT,
+                   check=True)
 
 
 def study_workdir(run: program_runs.Run, root: str) -> str:
@@ -61,9 +75,12 @@ def study_workdir(run: program_runs.Run, root: str) -> str:
 
 def run_study(row: str, seed: int, root: str, results: str) -> str:
   """Evaluates every sampler not yet evaluated; returns the results directory."""
-  run = study_run(row, seed, root)
+  run = study_run(row, seed, root, results)
   if not run.done():
-    raise SystemExit(f"{run.name} has not finished (no {run.workdir}/done.json).")
+    raise SystemExit(f"{run.name} has not finished (no {run.workdir}/done.json, no eval record in "
+                     f"{run.results_dir}).")
+  if not run.finished_here():
+    train_again(run)
   workdir = study_workdir(run, root)
   out_dir = os.path.join(results, "sampler_study", f"{row}_s{seed}")
   for method, steps in SAMPLERS:
@@ -129,7 +146,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(argv)
-  row = best_row(args.root) if args.row == "best" else args.row
+  row = best_row(args.root, args.results) if args.row == "best" else args.row
   if row not in fmnist_rows.BY_NAME:
     raise SystemExit(f"unknown row {row!r}; the rows are {sorted(fmnist_rows.BY_NAME)}.")
   out_dir = os.path.join(args.results, "sampler_study", f"{row}_s{args.seed}")

@@ -180,6 +180,38 @@ def test_status_counts_what_is_left_with_the_measured_costs(fake_rows):
   assert "recon" not in costs
 
 
+def commit_record(results: str, row: str, seed: int, fid: float, steps_per_sec: float) -> None:
+  """What an earlier machine's driver committed for row/s<seed> (an eval record and the training log),
+  its workdir gone."""
+  target = os.path.join(results, row, f"s{seed}")
+  os.makedirs(os.path.join(target, "ldm"))
+  json.dump({"stage": "eval", "metrics": {"fid": fid}, "wall_seconds": {"total": 80.0}},
+            open(os.path.join(target, "ldm_rk4_10_n10000.json"), "w"))
+  open(os.path.join(target, "ldm", "metrics.jsonl"), "w").write(json.dumps({"steps_per_sec": steps_per_sec}) + "\n")
+
+
+def test_runs_committed_on_an_earlier_machine_are_done_and_count(fake_rows, capsys):
+  """A fresh machine has the committed results but none of the workdirs: the committed runs are not run
+  again, count for the third seeds and the costs, and a row sharing their VAE says it trains it again."""
+  root, results = str(fake_rows / "runs"), str(fake_rows / "results")
+  commit_record(results, "c", 0, 10.0, steps_per_sec=2.0)
+  commit_record(results, "c", 1, 11.0, steps_per_sec=2.0)
+  runs = {run.name: run for run in program_runs.runs_for((0,), root, results=results)}
+  assert runs["c/s0"].done() and not runs["c/s0"].finished_here() and not runs["lsi/s0"].done()
+  assert program_runs.vae_trained_again(runs["lsi/s0"], list(runs.values()))
+  assert not program_runs.vae_trained_again(runs["a/s0"], list(runs.values()))  # its own VAE
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert calls(root) == ["lsi/s0"]
+  assert "lsi/s0: its VAE" in capsys.readouterr().out
+  os.makedirs(os.path.join(root, fmnist_rows.TWO_STAGE_VAE, "s0", "vae", "checkpoints"))
+  assert not program_runs.vae_trained_again(runs["cg_scalar/s0"], list(runs.values()))
+  assert program_runs.fids_by_row(root, (0, 1), results)["c"] == [10.0, 11.0]
+  assert "done     c/s0" in program.status(root, results) and "committed; workdir not" in program.status(root, results)
+  # ldm rates: c/s0's and c/s1's committed logs (2 steps/s) and lsi/s0's workdir (4 steps/s).
+  costs = program_costs.measured_costs(root, results)
+  assert costs["ldm"] == pytest.approx(1 / 2.0)
+
+
 def test_a_shared_vae_is_counted_once_in_what_is_left(tmp_path):
   """Five two-stage rows of a seed share one VAE: the first needs its steps, the others only their LDMs."""
   root = str(tmp_path / "runs")
@@ -208,52 +240,6 @@ def test_commit_takes_only_the_given_paths(tmp_path):
   assert git("log", "--format=%s").stdout.strip() == "Results c/s0"
   assert git("show", "--name-only", "--format=", "HEAD").stdout.split() == ["record.json"]
   assert "A  other.txt" in git("status", "--porcelain").stdout
-
-
-# --- the sampler study (experiments/sampler_study.py) ---------------------------------------------------
-FAKE_EVAL = r"""
-import json, os, sys
-args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-workdir, method, steps = args["workdir"], args["config.sample.method"], int(args["config.sample.num_steps"])
-assert os.path.islink(os.path.join(workdir, "ldm")), "the trained stage is linked into the study workdir"
-nfe = {"rk4": 4, "heun_ode": 2, "heun_pc": 2, "heun_pc_seed": 2}.get(method, 1) * steps
-record = {"stage": "eval", "sampler": method, "steps": steps, "nfe": nfe,
-          "metrics": {"fid": 100.0 / nfe, "sw2_squared": 1e-3, "sw2_squared_real_vs_real_mean": 1e-4},
-          "wall_seconds": {"sampling": 1.0, "total": 2.0}}
-os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-name = f"ldm_{method}_{steps}_n{args['config.eval.num_samples']}.json"
-json.dump(record, open(os.path.join(workdir, "eval", name), "w"))
-with open(os.path.join(workdir, "calls.txt"), "a") as f:
-  f.write(f"{method}_{steps}\n")
-"""
-
-
-def test_sampler_study_evaluates_every_sampler_once_in_its_own_workdir(monkeypatch, tmp_path):
-  from experiments import sampler_study  # pylint: disable=g-import-not-at-top
-  script = tmp_path / "fake_eval.py"
-  script.write_text(FAKE_EVAL)
-  monkeypatch.setattr(program_runs.Run, "command",
-                      lambda self, overrides=(): [sys.executable, str(script), f"--workdir={self.workdir}",
-                                                  *overrides])
-  root, results = str(tmp_path / "runs"), str(tmp_path / "results")
-  for row, fids in (("c", (12.0, 13.0)), ("lsi", (10.0, 11.0))):
-    for seed, fid in zip(program_runs.FIRST_SEEDS, fids):
-      workdir = os.path.join(root, row, f"s{seed}")
-      os.makedirs(os.path.join(workdir, "ldm"))
-      os.makedirs(os.path.join(workdir, "eval"))
-      json.dump({"stage": "eval", "metrics": {"fid": fid}}, open(os.path.join(workdir, "eval", "r.json"), "w"))
-      open(os.path.join(workdir, "done.json"), "w").write("{}")
-  assert sampler_study.best_row(root) == "lsi"
-  out_dir = sampler_study.run_study("lsi", 0, root, results)
-  study = os.path.join(root, "sampler_study", "lsi_s0")
-  assert open(os.path.join(study, "calls.txt")).read().split() == [f"{m}_{k}" for m, k in sampler_study.SAMPLERS]
-  assert os.listdir(os.path.join(root, "lsi", "s0", "eval")) == ["r.json"]  # the row's own record alone
-  summary = json.load(open(os.path.join(out_dir, "study.json")))
-  assert [(r["sampler"], r["steps"]) for r in summary["samplers"]] == list(sampler_study.SAMPLERS)
-  assert os.path.getsize(os.path.join(out_dir, "study.png")) > 1000
-  sampler_study.run_study("lsi", 0, root, results)  # resumes: nothing evaluated again
-  assert len(open(os.path.join(study, "calls.txt")).read().split()) == len(sampler_study.SAMPLERS)
-  assert "| rk4 | 10 | 40 | 2.50 |" in sampler_study.table(out_dir)
 
 
 def test_a_run_whose_log_stops_growing_is_killed_as_stalled_unless_paused(monkeypatch, tmp_path):

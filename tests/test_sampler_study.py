@@ -17,7 +17,12 @@ from experiments import program_runs, sampler_study
 FAKE_EVAL = r"""
 import json, os, sys
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
-workdir, method = args["--workdir"], args["--config.sample.method"]
+workdir = args["--workdir"]
+if args.get("--stages", "eval") != "eval":  # training again: a trained stage and a line in calls.txt
+  os.makedirs(os.path.join(workdir, "ldm"), exist_ok=True)
+  open(os.path.join(os.path.dirname(os.path.dirname(workdir)), "calls.txt"), "a").write(f"train_{args['--stages']}\n")
+  sys.exit(0)
+method = args["--config.sample.method"]
 steps, n = int(args["--config.sample.num_steps"]), int(args["--config.eval.num_samples"])
 assert os.path.islink(os.path.join(workdir, "ldm")), "the trained stage is linked in"
 os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
@@ -69,3 +74,20 @@ def test_the_study_runs_every_sampler_once_from_the_row_s_trained_stages_and_res
   assert "| rk4 | 5 | 20 | 5.00 | 1.00e-03 | 1 |" in sampler_study.table(out_dir)
   sampler_study.run_study("c", 0, str(root), str(results))  # everything evaluated: nothing runs again
   assert len(open(root / "sampler_study" / "calls.txt").read().split()) == len(sampler_study.SAMPLERS)
+
+
+def test_a_row_finished_on_an_earlier_machine_is_trained_again_before_the_study(tmp_path, monkeypatch):
+  """Its committed eval record is here, its checkpoints are not: its own command trains its training
+  stages (same seed) into its workdir, then the study runs as usual."""
+  script = tmp_path / "fake_eval.py"
+  script.write_text(FAKE_EVAL)
+  monkeypatch.setattr(program_runs.Run, "command", lambda self, overrides=(): [
+      sys.executable, str(script), f"--workdir={self.workdir}", f"--config.seed={self.seed}", *overrides])
+  root, results = tmp_path / "runs", tmp_path / "results"
+  os.makedirs(results / "lsi" / "s1")
+  json.dump({"stage": "eval", "metrics": {"fid": 12.0}}, open(results / "lsi" / "s1" / "ldm_rk4_10_n10000.json", "w"))
+  sampler_study.run_study("lsi", 1, str(root), str(results))
+  calls = open(root / "calls.txt").read().split()
+  assert calls == ["train_vae,ldm"]
+  study_calls = open(root / "sampler_study" / "calls.txt").read().split()
+  assert len(study_calls) == len(sampler_study.SAMPLERS)
