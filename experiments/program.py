@@ -1,7 +1,7 @@
 """The results program: every row of the Fashion-MNIST table (experiments/fmnist_rows.py) for each seed,
 in order, resumable across sessions (README "Protocol").
 
-    nohup python -m experiments.program run --commit > runs/fmnist/program.out 2>&1 &
+    nohup python -m experiments.program run --commit --readme README.md > runs/fmnist/program.out 2>&1 &
     python -m experiments.program status            # done, running, failed, left, and an ETA
     python -m experiments.program pause | resume    # SIGSTOP / SIGCONT the running row (for benchmarks)
 
@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Sequence
 
-from experiments import fmnist_rows, program_costs, program_runs
+from experiments import fmnist_rows, program_costs, program_runs, tables
 
 DEFAULT_ROOT = "runs/fmnist"
 DEFAULT_RESULTS = "experiments/results/fmnist"
@@ -108,6 +108,17 @@ def commit(paths: Sequence[str], message: str, attempts: int = 5) -> None:
     time.sleep(5)
 
 
+def update_readme(readme: str, results: str) -> list[str]:
+  """Writes the results' tables into `readme` (experiments.tables --readme) unless it has uncommitted
+  changes, which a commit of it would take along; returns [readme] where it changed."""
+  directory = os.path.dirname(os.path.abspath(readme))
+  if subprocess.run(["git", "-C", directory, "diff", "--quiet", "--", os.path.abspath(readme)]).returncode != 0:
+    log(f"{readme} has uncommitted changes: its tables are not updated "
+        f"(python -m experiments.tables --readme {readme} {results})")
+    return []
+  return [readme] if tables.write_readme(readme, results) else []
+
+
 def log(message: str) -> None:
   stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
   print(f"[{stamp}] {message}", flush=True)
@@ -165,8 +176,10 @@ def run_one(run: program_runs.Run, overrides: Sequence[str], root: str, stall_se
 
 
 def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bool,
-                seeds: Sequence[int] | None = None, rows: Sequence[str] | None = None) -> None:
-  """Runs every planned run that is not done, in order (only `seeds` / `rows` where given)."""
+                seeds: Sequence[int] | None = None, rows: Sequence[str] | None = None,
+                readme: str | None = None) -> None:
+  """Runs every planned run that is not done, in order (only `seeds` / `rows` where given); with
+  `readme`, writes the tables of `results` into it as each run finishes (committed with the run)."""
   os.makedirs(root, exist_ok=True)
   if read_lock(root) is not None:
     raise SystemExit(f"another program driver is running on {root} (pid {read_lock(root)['pid']}).")
@@ -227,6 +240,8 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
       with open(os.path.join(run.workdir, "done.json"), "w") as f:
         json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
       written = copy_artefacts(run, results)
+      if readme:
+        written += update_readme(readme, results)
       result = program_runs.summary(record) if record else "no eval record"
       log(f"{run.name}: done in {seconds / 3600:.2f} h: {result}")
       if do_commit and written:
@@ -288,6 +303,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--root", default=DEFAULT_ROOT, help="where the workdirs go")
   parser.add_argument("--results", default=DEFAULT_RESULTS, help="where the small artefacts are copied")
   parser.add_argument("--commit", action="store_true", help="commit each finished run's artefacts")
+  parser.add_argument("--readme", default=None,
+                      help="write the results' tables into this README as runs finish (experiments.tables)")
   parser.add_argument("--seeds", default=None,
                       help="only these seeds, e.g. 0 or 0,1 (default: the program: 0, 1, then third seeds)")
   parser.add_argument("--rows", default=None, help="only these rows, e.g. c,lsi (default: every row)")
@@ -304,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = sorted(set(rows or ()) - set(fmnist_rows.BY_NAME))
     if unknown:
       raise SystemExit(f"unknown row(s) {unknown}; the rows are {sorted(fmnist_rows.BY_NAME)}.")
-    run_program(args.root, args.results, args.override, args.commit, seeds, rows)
+    run_program(args.root, args.results, args.override, args.commit, seeds, rows, args.readme)
   elif args.action == "status":
     print(status(args.root, args.results))
   else:

@@ -1,8 +1,9 @@
 """Markdown tables from run records.
 
-    python -m experiments.tables                    # the Fashion-MNIST results, claims and diagnosis tables (README "Results")
+    python -m experiments.tables                    # the Fashion-MNIST results, claims and diagnosis tables
     python -m experiments.tables RESULTS_DIR        # the same tables of another program's results directory
     python -m experiments.tables RECORD.json [...]  # the tables of exact-field and pilot records
+    python -m experiments.tables --readme README.md # writes the first into the README, between its markers
 
 The README's tables are this script's output as printed, so every number there traces to a record.
 """
@@ -19,6 +20,9 @@ from typing import Any, Callable, Sequence
 from experiments import claims, fmnist_rows
 
 FMNIST_RESULTS = "experiments/results/fmnist"
+# The README's Fashion-MNIST tables lie between these lines; `--readme` writes them there.
+README_BEGIN = "<!-- begin: python -m experiments.tables (written by --readme; do not edit) -->"
+README_END = "<!-- end: python -m experiments.tables -->"
 
 
 def exact_field_table(record: dict[str, Any]) -> str:
@@ -117,7 +121,8 @@ def fmnist_table(records: dict[str, list[dict[str, Any]]]) -> str:
   """002's Table 1 with our rows beside it: recon FID, FID and latent SW2^2 at RK4 x 10, mean ± sd over
   seeds (the number of seeds in brackets), and the SW2^2 floor of real against real latents: mean ± sd
   of every disjoint draw of every seed (the number of draws in brackets)."""
-  lines = ["| method | recon FID | FID (RK4@10) | SW2^2 (RK4@10) | SW2^2 real vs real | 002: recon FID | 002: FID | 002: SW2 |",
+  lines = ["| method | recon FID | FID (RK4@10) | SW2^2 (RK4@10) | SW2^2 real vs real | 002: recon FID | 002: FID "
+           "| 002: SW2 |",
            "| --- |" + " --- |" * 7]
   for row in fmnist_rows.ROWS:
     seeds = records.get(row.name, [])
@@ -210,13 +215,46 @@ def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
   return "\n".join(lines)
 
 
+def fmnist_tables(results: str = FMNIST_RESULTS) -> str:
+  """The results, claims and diagnosis tables of a results directory (README "Results")."""
+  records = fmnist_records(results)
+  return "\n\n".join([fmnist_table(records), claims_table(records),
+                      diagnose_table(fmnist_records(results, stage="diagnose"))])
+
+
+def readme_with_tables(text: str, tables: str) -> str:
+  """`text` (a README) with `tables` between README_BEGIN and README_END."""
+  if (text.count(README_BEGIN) != 1 or text.count(README_END) != 1
+      or text.index(README_BEGIN) > text.index(README_END)):
+    raise ValueError(f"the README must hold the line {README_BEGIN!r} once, and {README_END!r} once after it.")
+  head, rest = text.split(README_BEGIN)
+  _, tail = rest.split(README_END)
+  return f"{head}{README_BEGIN}\n{tables}\n{README_END}{tail}"
+
+
+def write_readme(path: str, results: str = FMNIST_RESULTS) -> bool:
+  """Writes `results`' tables into the README at `path`; returns whether it changed."""
+  with open(path) as f:
+    text = f.read()
+  try:
+    new = readme_with_tables(text, fmnist_tables(results))
+  except ValueError as error:
+    raise SystemExit(f"{path}: {error}") from None
+  if new != text:
+    with open(path, "w") as f:
+      f.write(new)
+  return new != text
+
+
 def main(paths: list[str]) -> None:
+  if paths[:1] == ["--readme"]:
+    if len(paths) not in (2, 3):
+      sys.exit("usage: python -m experiments.tables --readme README.md [RESULTS_DIR]")
+    changed = write_readme(paths[1], *paths[2:])
+    print(f"{paths[1]}: tables {'written' if changed else 'already as printed'}.")
+    return
   if not paths or (len(paths) == 1 and os.path.isdir(paths[0])):
-    results = paths[0] if paths else FMNIST_RESULTS
-    records = fmnist_records(results)
-    print(fmnist_table(records), end="\n\n")
-    print(claims_table(records), end="\n\n")
-    print(diagnose_table(fmnist_records(results, stage="diagnose")))
+    print(fmnist_tables(paths[0] if paths else FMNIST_RESULTS))
     return
   for path in paths:
     if not os.path.isfile(path):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from experiments import fmnist_rows, program, program_costs, program_runs
+from experiments import fmnist_rows, program, program_costs, program_runs, tables
 
 # A stand-in for `experiments.run`: writes an eval record with FID = 10 + seed and a training log, or
 # fails while <workdir>/fail exists (and removes it, so the retry succeeds when FAIL_ONCE is set).
@@ -35,6 +35,7 @@ os.makedirs(os.path.join(workdir, "ldm"), exist_ok=True)
 print("I1202 00:00:00.0 1 inception.py:390] Inception: real images: 50/100 images")
 print("I1202 00:00:00.0 1 chunks.py:99] Inception: real images: rows 0..100 of 100 -> x.npy")
 record = {"stage": "eval", "metrics": {"fid": 10.0 + seed, "recon_fid": 5.0, "sw2_squared": 1e-3},
+          "sw2": {"real_vs_real": {"values": [1e-4, 2e-4]}},
           "wall_seconds": {"total": 100.0, "reference_statistics": 25.0, "recon_fid_features": 15.0}}
 json.dump(record, open(os.path.join(workdir, "eval", "ldm_rk4_10_n8.json"), "w"))
 open(os.path.join(workdir, "eval", "ldm_rk4_10_n8_grid.png"), "wb").write(b"png")
@@ -226,13 +227,37 @@ def test_a_shared_vae_is_counted_once_in_what_is_left(tmp_path):
   assert (a, b) == (10 * 2.0 + 100.0 + 30.0, 10 * 0.5 + 100.0)
 
 
-def test_commit_takes_only_the_given_paths(tmp_path):
-  repo = tmp_path / "repo"
+def git_repo(repo):
+  """A new git repository at `repo`; returns a function running git there (its stdout)."""
   repo.mkdir()
   git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True)
   git("init", "-q")
   git("config", "user.email", "t@example.com")
   git("config", "user.name", "t")
+  return git
+
+
+def test_with_readme_each_finished_run_commits_the_readme_s_tables_too(fake_rows, capsys):
+  repo = fake_rows / "repo"
+  git = git_repo(repo)
+  readme = repo / "README.md"
+  readme.write_text(f"# results\n{tables.README_BEGIN}\n{tables.README_END}\n")
+  git("add", "README.md")
+  git("commit", "-q", "-m", "README")
+  root, results = str(fake_rows / "runs"), str(repo / "results")
+  program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("c",), readme=str(readme))
+  assert "README.md" in git("show", "--name-only", "--format=", "HEAD").stdout.split()
+  assert "| 10.00 (1) |" in readme.read_text() and git("status", "--porcelain").stdout == ""
+  readme.write_text(readme.read_text() + "an edit in progress\n")  # uncommitted: left alone
+  program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("lsi",), readme=str(readme))
+  assert "README.md" not in git("show", "--name-only", "--format=", "HEAD").stdout.split()
+  assert "| 10.00 (1) |" not in readme.read_text().split("two-stage LSI")[1].split("\n")[0]
+  assert "has uncommitted changes: its tables are not updated" in capsys.readouterr().out
+
+
+def test_commit_takes_only_the_given_paths(tmp_path):
+  repo = tmp_path / "repo"
+  git = git_repo(repo)
   (repo / "other.txt").write_text("staged, not committed\n")
   git("add", "other.txt")
   (repo / "record.json").write_text("{}\n")

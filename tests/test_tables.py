@@ -71,9 +71,11 @@ def test_diagnose_table_averages_over_times_then_seeds_and_leaves_gateless_rows_
   for row, seed, g in (("cg_element", 0, [0.1, 0.3]), ("cg_element", 1, [0.3, 0.5]), ("c", 0, None)):
     write_diagnose_record(tmp_path, row, seed, g)
   table = tables.diagnose_table(tables.fmnist_records(str(tmp_path), stage="diagnose"))
-  (element,) = [line for line in table.splitlines() if line.startswith("| two-stage critic-gate, posterior CSEM, per-element")]
+  (element,) = [line for line in table.splitlines()
+                if line.startswith("| two-stage critic-gate, posterior CSEM, per-element")]
   # |g - g*| averaged over the two times: 0.2 (seed 0) and 0.4 (seed 1): mean 0.3, sd 0.141.
-  assert element.startswith("| two-stage critic-gate, posterior CSEM, per-element gate | 0.300 ± 0.141 (2) | 0.600 ± 0.000 (2) |")
+  assert element.startswith(
+      "| two-stage critic-gate, posterior CSEM, per-element gate | 0.300 ± 0.141 (2) | 0.600 ± 0.000 (2) |")
   assert element.endswith("| 2.000 ± 0.000 (2) | 4.000 ± 0.000 (2) | 2.000 ± 0.000 (2) |")
   (c,) = [line for line in table.splitlines() if line.startswith("| (c)")]
   assert c.startswith("| (c) two-stage Tweedie LDM (reg. KL) | - | - | - | 0.500 (1) | 0.200 (1) | 2.000 (1) |")
@@ -119,3 +121,32 @@ def test_claims_table_judges_each_claim_on_the_seeds_beside_002(tmp_path):
   assert line("| cg_scalar < (c) on FID |").endswith("| 3.10 | 2.83 | reversed | - |")
   assert line("| cg_element < (c) on FID |").endswith("| -2.00 | - | needs 2 seeds | - |")
   assert line("| (a) < (c) on FID |").endswith("| - | - | needs 2 seeds | -4.06 |")
+
+
+def test_readme_tables_are_written_between_the_markers_only(tmp_path, capsys):
+  directory = tmp_path / "results" / "c" / "s0"
+  os.makedirs(directory)
+  json.dump(eval_record(10.0, [1e-4, 3e-4]), open(directory / "ldm_rk4_10_n10000.json", "w"))
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# title\n\nbefore\n{tables.README_BEGIN}\nold table\n{tables.README_END}\nafter\n")
+  tables.main(["--readme", str(readme), str(tmp_path / "results")])
+  text = readme.read_text()
+  assert text.startswith("# title\n\nbefore\n" + tables.README_BEGIN + "\n| method |") and text.endswith(
+      f"{tables.README_END}\nafter\n")
+  assert "old table" not in text and "| 10.00 (1) |" in text
+  assert text.split(tables.README_BEGIN + "\n")[1].split("\n" + tables.README_END)[0] == tables.fmnist_tables(
+      str(tmp_path / "results"))
+  tables.main(["--readme", str(readme), str(tmp_path / "results")])
+  assert "already as printed" in capsys.readouterr().out.splitlines()[-1]
+  readme.write_text("# no markers\n")
+  with pytest.raises(SystemExit, match="must hold the line"):
+    tables.main(["--readme", str(readme), str(tmp_path / "results")])
+
+
+def test_the_readme_s_tables_are_those_of_the_committed_records():
+  """The README says its tables are `python -m experiments.tables` as printed: they are."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, "README.md")) as f:
+    text = f.read()
+  assert tables.readme_with_tables(text, tables.fmnist_tables(os.path.join(repo, tables.FMNIST_RESULTS))) == text, (
+      "README.md's tables are not those of experiments/results/fmnist: python -m experiments.tables --readme README.md")
