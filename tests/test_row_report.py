@@ -1,0 +1,54 @@
+"""experiments.row_report: the facts of one committed row and seed, from its records and training logs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from experiments import row_report
+
+
+def write_jsonl(path, records) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def ldm_log(num_intervals: int) -> list[dict]:
+  # Interval k (step 100 k): loss 1 + 1/k, excess 1/k, so loss - excess = 1 in every interval.
+  return [{"step": 100 * k, "loss": 1 + 1 / k, "score_loss": 1 + 1 / k, "target_excess_over_lsi": 1 / k,
+           "nonfinite": float(k == 3), "steps_per_sec": float(k)} for k in range(1, num_intervals + 1)]
+
+
+def test_training_summary_first_step_1000_and_mean_of_the_last_intervals():
+  summary = row_report.training_summary(ldm_log(20))
+  last = range(20 - row_report.LAST_INTERVALS + 1, 21)
+  assert summary["loss"]["first"] == 2.0 and summary["loss"]["step_1000"] == pytest.approx(1.1)
+  assert summary["loss"]["final"] == pytest.approx(1 + sum(1 / k for k in last) / len(last))
+  assert summary["net_to_lsi_final"] == pytest.approx(1.0)
+  assert summary["nonfinite"] == 1.0 and summary["median_steps_per_sec"] == 10.5 and summary["steps"] == 2000
+  assert "kl" not in summary
+  with pytest.raises(ValueError, match="no logged intervals"):
+    row_report.training_summary([])
+
+
+def test_report_reads_the_row_and_the_vae_it_shares(tmp_path, capsys):
+  results = tmp_path / "results"
+  with pytest.raises(SystemExit, match="no eval record"):
+    row_report.report("b", 0, str(results))
+  os.makedirs(results / "b" / "s0")
+  json.dump({"stage": "eval", "training_step": 20, "wall_seconds": {"total": 5.0},
+             "metrics": {"fid": 12.5, "recon_fid": 9.0, "sw2_squared": 1e-3}},
+            open(results / "b" / "s0" / "ldm_rk4_10_n10000.json", "w"))
+  write_jsonl(results / "b" / "s0" / "ldm" / "metrics.jsonl", ldm_log(12))
+  write_jsonl(results / "a" / "s0" / "cotrain" / "metrics.jsonl",
+              [{"step": 100, "loss": 0.5, "kl": 4.0, "steps_per_sec": 2.0}])
+  facts = row_report.report("b", 0, str(results))
+  assert facts["eval"]["fid"] == 12.5 and facts["diagnose"] is None
+  assert sorted(facts["training"]) == ["a/cotrain", "ldm"]
+  assert facts["training"]["a/cotrain"]["kl"] == {"first": 4.0, "step_1000": 4.0, "final": 4.0}
+  row_report.main(["b", "--results", str(results)])
+  out = capsys.readouterr().out
+  assert out.startswith('b/s0: eval {"fid": 12.5') and "training a/cotrain:" in out
