@@ -33,13 +33,12 @@ def _stage_kind(stage: str, config_path: str) -> str:
 ONCE_PER_PROGRAM, ONCE_PER_VAE = "reference_statistics", "recon_fid_features"
 
 
-def _training_logs(run: program_runs.Run, results: str | None) -> list[tuple[str, str]]:
+def _training_logs(run: program_runs.Run) -> list[tuple[str, str]]:
   """(kind, metrics.jsonl) of each training stage the run and its VAE's home have logged: the workdir's
   log, else its committed copy (runs finished on an earlier machine)."""
   homes = [(run.workdir, run.results_dir, run.row.config)]
   if run.vae_workdir:
-    committed = None if results is None else os.path.join(results, run.row.vae_home, f"s{run.seed}")
-    homes.append((run.vae_workdir, committed, ""))
+    homes.append((run.vae_workdir, run.committed_vae_dir, ""))
   logs = []
   for workdir, committed, config in homes:
     for stage in program_runs.TRAINING_STAGES:
@@ -58,7 +57,7 @@ def measured_costs(root: str, results: str | None = None) -> dict[str, float]:
   evals, recons = [], []
   seen: set[str] = set()  # a shared VAE's log counts once
   for run in program_runs.runs_for(program_runs.FIRST_SEEDS + (program_runs.THIRD_SEED,), root, results=results):
-    for kind, path in _training_logs(run, results):
+    for kind, path in _training_logs(run):
       if path not in seen:
         seen.add(path)
         rates.setdefault(kind, []).extend(m["steps_per_sec"] for m in _metrics(path) if m.get("steps_per_sec"))

@@ -55,6 +55,13 @@ class Run:
   def results_dir(self) -> str | None:
     return None if self.results is None else os.path.join(self.results, self.row.name, f"s{self.seed}")
 
+  @property
+  def committed_vae_dir(self) -> str | None:
+    """Where the committed artefacts of the VAE this run shares lie (None: its own, or no results)."""
+    if self.results is None or self.row.vae_home is None:
+      return None
+    return os.path.join(self.results, self.row.vae_home, f"s{self.seed}")
+
   def finished_here(self) -> bool:
     """Finished in this machine's workdir (which holds its checkpoints)."""
     return os.path.exists(os.path.join(self.workdir, "done.json"))

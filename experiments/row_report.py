@@ -69,7 +69,7 @@ def report(row: str, seed: int, results: str = tables.FMNIST_RESULTS) -> dict[st
     raise SystemExit(f"{row}/s{seed}: no eval record in {run.results_dir}.")
   homes = {"": run.results_dir}
   if run.row.vae_home:
-    homes[f"{run.row.vae_home}/"] = os.path.join(results, run.row.vae_home, f"s{seed}")
+    homes[f"{run.row.vae_home}/"] = run.committed_vae_dir
   training = {}
   for prefix, directory in homes.items():
     for stage in program_runs.TRAINING_STAGES:
