@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import time
 
@@ -40,6 +39,7 @@ from absl import logging
 
 from cgdiff import chunks, diagnostics, plots, records, samplers, targets
 from cgdiff.metrics import banks, fid, inception_weights, projections, sw2
+from cgdiff.train import writers
 from experiments import common, latent_space, sampling
 
 
@@ -76,8 +76,7 @@ def training_logs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   for stage in common.STAGE_GROUPS:  # the training stages
     path = os.path.join(common.stage_dir(config, workdir, stage), "metrics.jsonl")
     if os.path.exists(path):
-      with open(path) as f:
-        logs[stage] = [json.loads(line) for line in f if line.strip()]
+      logs[stage] = writers.read_metrics(path)
   return logs
 
 

@@ -7,6 +7,8 @@ Read by the program driver (experiments/program.py) and the table printer (exper
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from typing import Any
 
 # Where the two-stage rows' shared VAE is trained: a workdir of its own, holding only the `vae` stage.
 TWO_STAGE_VAE = "two_stage_vae"
@@ -27,6 +29,11 @@ class Row:
   label: str
   vae_home: str | None = None
   paper: tuple[float, float, float] | None = None
+
+  def get_config(self) -> Any:
+    """The row's ml_collections.ConfigDict, as `experiments.run --config=<config>` loads it before the
+    command line's overrides."""
+    return importlib.import_module(self.config.removesuffix(".py").replace("/", ".")).get_config()
 
 
 ROWS = (

@@ -30,6 +30,7 @@ from typing import Sequence
 from absl import app, flags, logging
 
 from cgdiff import records
+from cgdiff.train import writers
 from configs import fmnist_base
 from experiments import fmnist_rows
 
@@ -74,8 +75,7 @@ def run_row(row: str, workdir: str, overrides: Sequence[str], log_path: str) -> 
 
 def seconds_per_step(metrics_path: str) -> dict[str, float]:
   """Median and best seconds per step over the logged intervals of a metrics.jsonl."""
-  with open(metrics_path) as f:
-    rates = [json.loads(line)["steps_per_sec"] for line in f if line.strip()]
+  rates = [record["steps_per_sec"] for record in writers.read_metrics(metrics_path)]
   return {"median": 1.0 / statistics.median(rates), "best": 1.0 / max(rates), "intervals": len(rates)}
 
 

@@ -52,10 +52,12 @@ MAX_STALLS = 4
 PROGRESS_LINE = re.compile(r"\] Inception: [^:]*: \d+/\d+ images$")
 
 
-def copy_artefacts(run: program_runs.Run, results: str) -> list[str]:
+def copy_artefacts(run: program_runs.Run) -> list[str]:
   """Copies the run's small artefacts (eval records and figures, the diagnose stage's record and figures
-  in diagnose/, training logs and stage configs, run.log without Inception's progress lines) to
-  <results>/<row>/s<seed>/ (the shared VAE's to <results>/<home>/s<seed>/); returns the paths written."""
+  in diagnose/, training logs and stage configs, run.log without Inception's progress lines) to its
+  results_dir (the shared VAE's to its committed_vae_dir); returns the paths written."""
+  if run.results_dir is None:
+    raise ValueError(f"{run.name}: a run without a results directory has nowhere to copy its artefacts.")
   written = []
 
   def copy(source: str, target_dir: str) -> None:
@@ -64,7 +66,7 @@ def copy_artefacts(run: program_runs.Run, results: str) -> list[str]:
     shutil.copyfile(source, target)
     written.append(target)
 
-  target = os.path.join(results, run.row.name, f"s{run.seed}")
+  target = run.results_dir
   # The row's log (every attempt, the shared VAE's training where this row trained it): where the
   # records' wall times can be checked against the times of each logged step and chunk.
   with open(os.path.join(run.workdir, "run.log"), errors="replace") as source:
@@ -80,7 +82,7 @@ def copy_artefacts(run: program_runs.Run, results: str) -> list[str]:
     copy(path, os.path.join(target, "diagnose"))
   homes = [(run.workdir, target)]
   if run.vae_workdir:
-    homes.append((run.vae_workdir, os.path.join(results, run.row.vae_home, f"s{run.seed}")))
+    homes.append((run.vae_workdir, run.committed_vae_dir))
   for workdir, target_dir in homes:
     for stage in program_runs.TRAINING_STAGES:
       for name in ("metrics.jsonl", "config.json"):
@@ -239,7 +241,7 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
       record = program_runs.eval_record(run.workdir)
       with open(os.path.join(run.workdir, "done.json"), "w") as f:
         json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
-      written = copy_artefacts(run, results)
+      written = copy_artefacts(run)
       if readme:
         written += update_readme(readme, results)
       result = program_runs.summary(record) if record else "no eval record"

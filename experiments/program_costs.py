@@ -6,19 +6,12 @@ measured on the program's own logs (the pilot's estimates until then), and the t
 from __future__ import annotations
 
 import glob
-import importlib
 import json
 import os
 import statistics
 
+from cgdiff.train import writers
 from experiments import program_runs
-
-
-def _metrics(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def _stage_kind(stage: str, config_path: str) -> str:
@@ -60,7 +53,7 @@ def measured_costs(root: str, results: str | None = None) -> dict[str, float]:
     for kind, path in _training_logs(run):
       if path not in seen:
         seen.add(path)
-        rates.setdefault(kind, []).extend(m["steps_per_sec"] for m in _metrics(path) if m.get("steps_per_sec"))
+        rates.setdefault(kind, []).extend(m["steps_per_sec"] for m in writers.read_metrics(path) if m.get("steps_per_sec"))
     record = run.record() if run.done() else None
     if record is not None:
       wall = record["wall_seconds"]
@@ -106,7 +99,7 @@ def remaining_seconds(run: program_runs.Run, costs: dict[str, float], num_steps:
   counted.add(recon_key)
   if run.done():
     return 0.0
-  config = importlib.import_module(run.row.config[:-3].replace("/", ".")).get_config()
+  config = run.row.get_config()
   total = 0.0
   for stage in config.stages:
     if stage in program_runs.TRAINING_STAGES:

@@ -21,6 +21,7 @@ import os
 import statistics
 from typing import Any, Sequence
 
+from cgdiff.train import writers
 from experiments import fmnist_rows, program_runs, tables
 
 # The final loss is the mean of this many logged intervals (the last 1,100 steps at log_every = 100):
@@ -29,11 +30,6 @@ LAST_INTERVALS = 11
 # Logged quantities reported, where a stage logs them.
 KEYS = ("loss", "score_loss", "target_excess_over_lsi", "reconstruction", "kl", "posterior_logvar_mean",
         "gate_mean", "grad_norm")
-
-
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -75,7 +71,7 @@ def report(row: str, seed: int, results: str = tables.FMNIST_RESULTS) -> dict[st
     for stage in program_runs.TRAINING_STAGES:
       path = os.path.join(directory, stage, "metrics.jsonl")
       if os.path.exists(path):
-        training[prefix + stage] = training_summary(_read_jsonl(path))
+        training[prefix + stage] = training_summary(writers.read_metrics(path))
   diagnose = sorted(glob.glob(os.path.join(run.results_dir, "diagnose", "*.json")))
   metrics = record["metrics"]
   return {"row": row, "seed": seed,

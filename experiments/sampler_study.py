@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib
 import json
 import os
 import shutil
@@ -52,7 +51,7 @@ def train_again(run: program_runs.Run) -> None:
   """Trains the training stages of a run that finished on an earlier machine (its committed record is
   here, its checkpoints are not) with the row's own command and seed; resumes where a previous call
   stopped."""
-  config = importlib.import_module(run.row.config[:-3].replace("/", ".")).get_config()
+  config = run.row.get_config()
   stages = [stage for stage in config.stages if stage in TRAINED]
   program.log(f"sampler study {run.name}: its checkpoints are not on this machine; training {stages} again")
   os.makedirs(run.workdir, exist_ok=True)

@@ -77,7 +77,7 @@ def flatten(config, prefix=""):
 
 @pytest.mark.parametrize("row", fmnist_rows.ROWS, ids=lambda row: row.name)
 def test_fmnist_row_sets_what_defines_it_and_shares_the_rest(row):
-  config = importlib.import_module(row.config[:-3].replace("/", ".")).get_config()
+  config = row.get_config()
   flat, shared = flatten(config), flatten(fmnist_base.get_config())
   definition = ROW_DEFINITIONS[row.name]
   for key, value in definition.items():
@@ -89,7 +89,7 @@ def test_fmnist_row_sets_what_defines_it_and_shares_the_rest(row):
   if row.vae_home == fmnist_rows.TWO_STAGE_VAE:
     assert config.ldm.vae_source == "vae" and "vae" in config.stages
   elif row.vae_home is not None:
-    home = importlib.import_module(fmnist_rows.BY_NAME[row.vae_home].config[:-3].replace("/", ".")).get_config()
+    home = fmnist_rows.BY_NAME[row.vae_home].get_config()
     assert flatten(home.cotrain) == flatten(config.cotrain) and home.seed == config.seed
 
 

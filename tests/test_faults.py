@@ -245,6 +245,14 @@ def test_a_resumed_run_keeps_the_metrics_logged_up_to_its_checkpoint_only(tmp_pa
   assert path.read_text() == "".join(lines[:3])
 
 
+def test_the_metrics_reader_leaves_out_a_line_still_being_written(tmp_path):
+  """Status, costs and reports read metrics.jsonl while a run appends to it: the line cut short is not
+  a record (and not an error); every complete one is read in order."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n{"step": 3, "lo')
+  assert writers.read_metrics(str(path)) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_many_trials(tmp_path, cache_dir):
   """Each trial kills a run 1-3 times at a random moment (after a random step starts, plus a random

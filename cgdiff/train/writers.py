@@ -36,18 +36,28 @@ class LoggingWriter:
     pass
 
 
+def _complete_record(line: str) -> dict | None:
+  """The record a metrics.jsonl line holds; None for a line cut short (by a kill, or still being
+  written while another process reads the file)."""
+  try:
+    record = json.loads(line) if line.endswith("\n") else None
+  except ValueError:
+    return None
+  return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
 def lines_through(lines: list[str], last_step: int) -> list[str]:
-  """The complete records (newline-terminated JSON objects) among `lines` whose step is <= last_step:
-  what a run resuming from last_step keeps (a line cut short by a kill is dropped too)."""
-  kept = []
-  for line in lines:
-    try:
-      record = json.loads(line) if line.endswith("\n") else None
-    except ValueError:
-      record = None
-    if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
-      kept.append(line)
-  return kept
+  """The complete records among `lines` whose step is <= last_step: what a run resuming from last_step
+  keeps (a line cut short by a kill is dropped too)."""
+  return [line for line in lines if (record := _complete_record(line)) and record["step"] <= last_step]
+
+
+def read_metrics(path: str) -> list[dict]:
+  """The records of a metrics.jsonl that JsonlWriter wrote, in file order ([{"step": ..., name: value}]);
+  the one reader of these files (plots, reports, costs). A line cut short is left out, so a file that a
+  training run is writing can be read."""
+  with open(path) as f:
+    return [record for line in f if (record := _complete_record(line))]
 
 
 class JsonlWriter:
