@@ -10,6 +10,11 @@ place), so a kill leaves the whole chunk or none of it. A chunk on disk is loade
 The chunk boundaries depend on (total, chunk) alone: a resumed run asks `fn` for exactly the slices the
 uninterrupted run asked for, and a deterministic `fn` gives the same bits.
 
+Beside each chunk, <chunk>.seconds.json holds the seconds `fn` took to compute it, written before the
+chunk itself (a kill between the two leaves a timing without its chunk, which is not counted and is
+written again with the chunk). `compute_seconds` sums them: the cost of an array over every process that
+computed a part of it, where a resumed process's own wall time counts only the chunks it computed.
+
 What the arrays depend on must name the directory: `ChunkStore.keyed` hashes `settings` into the name
 (`records.config_hash`) and writes them to settings.json, and a store opened again with other settings
 is an error (not a silent mix of chunks computed under different settings).
@@ -17,8 +22,10 @@ is an error (not a silent mix of chunks computed under different settings).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -27,6 +34,9 @@ from absl import logging
 from cgdiff import records
 
 SETTINGS_FILE = "settings.json"
+SECONDS_SUFFIX = ".seconds.json"
+# Matches chunk_path's names and not save_atomic's temporary files.
+CHUNK_GLOB = "*_{0}_{0}.npy".format("[0-9]" * 6)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -73,10 +83,7 @@ class ChunkStore:
         raise ValueError(f"{self.directory} holds chunks computed with other settings (differing in "
                          f"{changed}); use another directory or delete it.")
       return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(settings, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    records.write_json(path, settings)
 
   def chunk_path(self, name: str, start: int, stop: int) -> str:
     return os.path.join(self.directory, f"{name}_{start:06d}_{stop:06d}.npy")
@@ -92,6 +99,7 @@ class ChunkStore:
       stop = min(start + chunk, total)
       path = self.chunk_path(name, start, stop)
       stored = os.path.exists(path)
+      began = time.perf_counter()
       part = np.load(path) if stored else np.asarray(fn(start, stop))
       if part.shape[:1] != (stop - start,):
         source = f"chunk {path}" if stored else f"fn({start}, {stop})"
@@ -99,8 +107,20 @@ class ChunkStore:
       if stored:
         self.loaded += 1
       else:
+        records.write_json(path + SECONDS_SUFFIX, {"seconds": time.perf_counter() - began})
         save_atomic(path, part)
         self.computed += 1
         logging.info("%s: rows %d..%d of %d -> %s", label or name, start, stop, total, path)
       parts.append(part)
     return np.concatenate(parts)
+
+  def compute_seconds(self) -> float | None:
+    """Seconds spent computing the chunks on disk in this store, by whichever processes computed them;
+    None if a chunk has no timing (saved by code older than the timings)."""
+    total = 0.0
+    for path in glob.glob(os.path.join(self.directory, CHUNK_GLOB)):
+      if not os.path.exists(path + SECONDS_SUFFIX):
+        return None
+      with open(path + SECONDS_SUFFIX) as f:
+        total += json.load(f)["seconds"]
+    return total

@@ -19,7 +19,8 @@ samplers' path noise comes from fold_in(PRNGKey(eval.bank_seed), batch index)); 
 Resumable: the generated latents and the Inception features of the decoded samples are saved in chunks
 under eval/<name>_<hash of the settings>/ as they are computed (cgdiff.chunks), the reconstructions'
 features under <stats cache>/reconstructions/; a killed evaluation resumes where it stopped and writes the
-same record (apart from the date, the wall times and the chunk counts).
+same record (apart from the date, the wall times and the chunk counts; `compute_seconds` sums each
+store's chunks' timings over every attempt).
 Writes eval/<source>_<method>_<steps>_n<N>.json and the figures next to it: an 8x8 sample grid, the PCA
 histograms of real against generated latents, the score targets across time, the gate across time
 (critic-gate models) and the training curves of every trained stage.
@@ -196,6 +197,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "wall_seconds": {**timer.seconds, "total": sum(timer.seconds.values())},
       "chunks": {"computed": {k: v.computed for k, v in stores.items()},
                  "loaded": {k: v.loaded for k, v in stores.items()}},
+      # wall_seconds times this attempt, which loads what killed attempts computed: each store's chunks'
+      # own seconds, by whichever attempt (or row, for shared reconstructions) computed them.
+      "compute_seconds": {k: v.compute_seconds() for k, v in stores.items()},
       "figures": figures,
   }
   record = records.run_record(config, **fields)

@@ -38,7 +38,11 @@ def test_chunks_are_computed_once_and_loaded_after(tmp_path):
   again = chunks.ChunkStore(str(tmp_path))
   np.testing.assert_array_equal(again.array("x", fn, total=10, chunk=4), first)
   assert len(calls) == 3 and (again.computed, again.loaded) == (0, 3)
-  assert sorted(os.listdir(tmp_path)) == ["x_000000_000004.npy", "x_000004_000008.npy", "x_000008_000010.npy"]
+  names = ["x_000000_000004.npy", "x_000004_000008.npy", "x_000008_000010.npy"]
+  assert sorted(os.listdir(tmp_path)) == sorted(names + [name + chunks.SECONDS_SUFFIX for name in names])
+  assert again.compute_seconds() > 0
+  os.remove(os.path.join(tmp_path, names[1] + chunks.SECONDS_SUFFIX))
+  assert again.compute_seconds() is None  # a chunk of unknown cost: no total
 
 
 def test_settings_name_the_store_and_other_settings_are_an_error(tmp_path):
@@ -94,5 +98,8 @@ def test_a_sigkilled_computation_resumes_with_the_same_bits(tmp_path):
   resumed = resumed_store.array("x", lambda a, b: calls.append(a) or _rows(a, b), total=40, chunk=4)
   assert resumed_store.loaded == len(saved) and resumed_store.computed == 10 - len(saved)
   assert all(start >= 4 * len(saved) for start in calls)
+  # The killed child slept 0.5 s in each chunk it saved; the resumed process computed the rest in
+  # microseconds. The store's cost counts the child's chunks too.
+  assert resumed_store.compute_seconds() >= 0.5 * len(saved)
   uninterrupted = chunks.ChunkStore(str(tmp_path / "whole")).array("x", _rows, total=40, chunk=4)
   assert resumed.tobytes() == uninterrupted.tobytes()

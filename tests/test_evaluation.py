@@ -20,7 +20,7 @@ from experiments import run as run_lib
 from test_pipeline import tiny_images
 
 # What differs between a resumed evaluation's record and an uninterrupted one's.
-RUN_DEPENDENT = ("date", "wall_seconds", "chunks")
+RUN_DEPENDENT = ("date", "wall_seconds", "chunks", "compute_seconds")
 
 
 def eval_config(bank_dir: str, cache_dir: str, **overrides):
@@ -181,6 +181,8 @@ def test_a_killed_evaluation_resumes_to_the_same_record_and_bits(fid_runs):
   assert resumed["chunks"] == {"computed": {"samples": 0, "sample_features": 0, "reconstruction_features": 1},
                                "loaded": {"samples": 2, "sample_features": 2, "reconstruction_features": 1}}
   assert len(resumed_files) == 6 and resumed_files == uninterrupted_files
+  # The resumed run loaded every latent chunk; their cost is the killed runs' (>0, every chunk timed).
+  assert resumed["compute_seconds"]["samples"] > 0 and None not in resumed["compute_seconds"].values()
   strip = lambda record: {k: v for k, v in record.items() if k not in RUN_DEPENDENT}
   assert json.dumps(strip(resumed), default=float) == json.dumps(strip(uninterrupted), default=float)
   assert np.isfinite(resumed["metrics"]["fid"]) and np.isfinite(resumed["metrics"]["recon_fid"])

@@ -62,7 +62,7 @@ def test_stage_metrics_are_logged(image_workdir):
 
 EVAL_FIELDS = ("date", "git_commit", "config_hash", "config", "training_step", "dataset", "score_source",
                "sampler", "steps", "nfe", "num_samples", "networks", "banks", "sampling", "reference", "sw2",
-               "metrics", "stores", "wall_seconds", "chunks", "figures")
+               "metrics", "stores", "wall_seconds", "chunks", "compute_seconds", "figures")
 
 
 def test_eval_stage_writes_a_complete_record_and_every_figure(image_workdir, tmp_path):
