@@ -69,6 +69,12 @@ def run_record(config: Any, **fields: Any) -> dict[str, Any]:
   }
 
 
+def relative_to(directory: str, paths: dict[str, str]) -> dict[str, str]:
+  """{name: path} with each path relative to `directory`, the one a record that lists them is written to:
+  a record and its figures are copied (and committed) together, and stay linked wherever they go."""
+  return {name: os.path.relpath(path, directory) for name, path in paths.items()}
+
+
 def write_json(path: str, record: dict[str, Any]) -> str:
   """Writes `record` as indented JSON (atomically: a half-written record never replaces a good one)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

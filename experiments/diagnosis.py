@@ -116,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       reference_gaussian=prior_source,
       gates={name: np.asarray(v).tolist() for name, v in gates.items()},
       eps_variances={name: v.tolist() for name, v in eps_variances.items()},
-      figures=figures, wall_seconds=time.perf_counter() - start)
+      figures=records.relative_to(out_dir, figures), wall_seconds=time.perf_counter() - start)
   records.write_json(os.path.join(out_dir, f"{source}.json"), record)
   logging.info("diagnosed %s of %s in %.0f s -> %s", source, workdir, record["wall_seconds"], out_dir)
   return record

@@ -200,7 +200,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # wall_seconds times this attempt, which loads what killed attempts computed: each store's chunks'
       # own seconds, by whichever attempt (or row, for shared reconstructions) computed them.
       "compute_seconds": {k: v.compute_seconds() for k, v in stores.items()},
-      "figures": figures,
+      "figures": records.relative_to(out_dir, figures),
   }
   record = records.run_record(config, **fields)
   path = records.write_json(os.path.join(out_dir, f"{name}.json"), record)

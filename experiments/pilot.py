@@ -162,7 +162,8 @@ def learning(candidate: str) -> dict:
     record = json.load(open(record_path))
     target = os.path.join(FLAGS.out, f"learning_{candidate}_{row}")
     os.makedirs(target, exist_ok=True)
-    for path in [record_path, *record["figures"].values()]:
+    for path in [record_path, *(os.path.join(os.path.dirname(record_path), name)
+                                for name in record["figures"].values())]:
       shutil.copyfile(path, os.path.join(target, os.path.basename(path)))
     out["rows"][row] = {"wall_seconds": wall, "metrics": record["metrics"], "figures": target}
   return out

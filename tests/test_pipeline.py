@@ -81,8 +81,9 @@ def test_eval_stage_writes_a_complete_record_and_every_figure(image_workdir, tmp
   assert record["sw2"]["real_vs_real"]["draws"] == 4
   assert np.isfinite(metrics["sw2_squared_real_vs_real_mean"]) and metrics["sw2_squared_real_vs_real_std"] > 0
   assert set(record["figures"]) == {"grid", "pca", "targets", "gate", "training_curves"}
-  for path in record["figures"].values():
-    assert os.path.getsize(path) > 1000, path
+  for name in record["figures"].values():  # beside the record, named relative to it
+    assert os.path.basename(name) == name
+    assert os.path.getsize(os.path.join(image_workdir, "eval", name)) > 1000, name
   assert record["wall_seconds"]["total"] > 0
 
 
@@ -100,8 +101,9 @@ def test_diagnose_stage_compares_the_gate_with_g_star_and_g_p(image_workdir):
     assert gates[name].shape == (3,) and np.all(np.isfinite(gates[name])), name
   assert np.all((gates["gate_q10"] <= gates["gate_q90"]) & (gates["gate_q90"] <= 1.0))
   assert set(record["eps_variances"]) == {"tweedie", "csem", "lsi", "blend"}
-  for path in record["figures"].values():
-    assert os.path.getsize(path) > 1000, path
+  for name in record["figures"].values():
+    assert os.path.basename(name) == name
+    assert os.path.getsize(os.path.join(image_workdir, "diagnose", name)) > 1000, name
   config.sample.score_source = "cotrain"
   run_lib.run_stages(config, image_workdir, ("diagnose",))
   record = json.load(open(os.path.join(image_workdir, "diagnose", "cotrain.json")))
