@@ -53,7 +53,8 @@ def measured_costs(root: str, results: str | None = None) -> dict[str, float]:
     for kind, path in _training_logs(run):
       if path not in seen:
         seen.add(path)
-        rates.setdefault(kind, []).extend(m["steps_per_sec"] for m in writers.read_metrics(path) if m.get("steps_per_sec"))
+        rates.setdefault(kind, []).extend(m["steps_per_sec"] for m in writers.read_metrics(path)
+                                          if m.get("steps_per_sec"))
     record = run.record() if run.done() else None
     if record is not None:
       wall = record["wall_seconds"]

@@ -188,7 +188,8 @@ def commit_record(results: str, row: str, seed: int, fid: float, steps_per_sec: 
   os.makedirs(os.path.join(target, "ldm"))
   json.dump({"stage": "eval", "metrics": {"fid": fid}, "wall_seconds": {"total": 80.0}},
             open(os.path.join(target, "ldm_rk4_10_n10000.json"), "w"))
-  open(os.path.join(target, "ldm", "metrics.jsonl"), "w").write(json.dumps({"step": 100, "steps_per_sec": steps_per_sec}) + "\n")
+  with open(os.path.join(target, "ldm", "metrics.jsonl"), "w") as log:
+    log.write(json.dumps({"step": 100, "steps_per_sec": steps_per_sec}) + "\n")
 
 
 def test_runs_committed_on_an_earlier_machine_are_done_and_count(fake_rows, capsys):
