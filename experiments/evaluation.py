@@ -75,7 +75,7 @@ def training_logs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   """{stage: metrics.jsonl records} of every trained stage of `config` present (a shared VAE's too)."""
   logs = {}
   for stage in common.STAGE_GROUPS:  # the training stages
-    path = os.path.join(common.stage_dir(config, workdir, stage), "metrics.jsonl")
+    path = os.path.join(common.stage_dir(config, workdir, stage), writers.METRICS_FILE)
     if os.path.exists(path):
       logs[stage] = writers.read_metrics(path)
   return logs

@@ -108,7 +108,7 @@ def timing(candidate: str) -> dict:
     extra = [f"--config.vae_workdir={vae_workdir}"] if stage == "ldm" else []
     wall = run_row(row, workdir, [*sizes, *extra, f"--stages={stage}"], os.path.join(root, "pilot.log"))
     home = vae_workdir if stage == "vae" else workdir
-    out[kind] = {**seconds_per_step(os.path.join(home, stage, "metrics.jsonl")), "wall_seconds": wall}
+    out[kind] = {**seconds_per_step(os.path.join(home, stage, writers.METRICS_FILE)), "wall_seconds": wall}
   n = FLAGS.timing_eval_samples
   run_row("c", os.path.join(root, "c"), [*sizes, "--stages=eval", f"--config.eval.num_samples={n}",
                                          f"--config.eval.num_reconstructions={n}",

@@ -33,7 +33,8 @@ import threading
 import time
 from typing import Sequence
 
-from experiments import fmnist_rows, program_costs, program_runs, tables
+from cgdiff.train import writers
+from experiments import common, fmnist_rows, program_costs, program_runs, tables
 
 DEFAULT_ROOT = "runs/fmnist"
 DEFAULT_RESULTS = "experiments/results/fmnist"
@@ -80,15 +81,10 @@ def copy_artefacts(run: program_runs.Run) -> list[str]:
     copy(path, target)
   for path in sorted(glob.glob(os.path.join(run.workdir, "diagnose", "*"))):
     copy(path, os.path.join(target, "diagnose"))
-  homes = [(run.workdir, target)]
-  if run.vae_workdir:
-    homes.append((run.vae_workdir, run.committed_vae_dir))
-  for workdir, target_dir in homes:
-    for stage in program_runs.TRAINING_STAGES:
-      for name in ("metrics.jsonl", "config.json"):
-        path = os.path.join(workdir, stage, name)
-        if os.path.exists(path):
-          copy(path, os.path.join(target_dir, stage))
+  for home in run.homes():
+    for name in (writers.METRICS_FILE, common.STAGE_SETTINGS):
+      for stage, path in program_runs.stage_files(home.workdir, name).items():
+        copy(path, os.path.join(home.committed, stage))
   return written
 
 

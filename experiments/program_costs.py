@@ -29,16 +29,11 @@ ONCE_PER_PROGRAM, ONCE_PER_VAE = "reference_statistics", "recon_fid_features"
 def _training_logs(run: program_runs.Run) -> list[tuple[str, str]]:
   """(kind, metrics.jsonl) of each training stage the run and its VAE's home have logged: the workdir's
   log, else its committed copy (runs finished on an earlier machine)."""
-  homes = [(run.workdir, run.results_dir, run.row.config)]
-  if run.vae_workdir:
-    homes.append((run.vae_workdir, run.committed_vae_dir, ""))
   logs = []
-  for workdir, committed, config in homes:
-    for stage in program_runs.TRAINING_STAGES:
-      candidates = [os.path.join(d, stage, "metrics.jsonl") for d in (workdir, committed) if d]
-      found = [path for path in candidates if os.path.exists(path)]
-      if found:
-        logs.append((_stage_kind(stage, config), found[0]))
+  for home in run.homes():
+    config = "" if home.shared else run.row.config
+    found = program_runs.stage_files(home.committed) | program_runs.stage_files(home.workdir)
+    logs.extend((_stage_kind(stage, config), path) for stage, path in found.items())
   return logs
 
 

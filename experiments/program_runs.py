@@ -14,12 +14,32 @@ import os
 import sys
 from typing import Iterable, Sequence
 
+from cgdiff.train import writers
 from experiments import claims, fmnist_rows
 
 FIRST_SEEDS = (0, 1)
 THIRD_SEED = 2
 # Training stages and what their cost is measured by (experiments.run's stage names).
 TRAINING_STAGES = ("vae", "cotrain", "ldm")
+
+
+def stage_files(directory: str | None, name: str = writers.METRICS_FILE) -> dict[str, str]:
+  """{training stage: <directory>/<stage>/<name>} for each training stage that has that file."""
+  paths = {stage: os.path.join(directory, stage, name) for stage in TRAINING_STAGES} if directory else {}
+  return {stage: path for stage, path in paths.items() if os.path.exists(path)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Home:
+  """A directory a run's training stages live in, on this machine (workdir) and committed: the run's
+  own, or that of the VAE it shares with other rows (`label` "<vae_home>/", "" for its own)."""
+  label: str
+  workdir: str
+  committed: str | None
+
+  @property
+  def shared(self) -> bool:
+    return bool(self.label)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +81,13 @@ class Run:
     if self.results is None or self.row.vae_home is None:
       return None
     return os.path.join(self.results, self.row.vae_home, f"s{self.seed}")
+
+  def homes(self) -> list[Home]:
+    """Its own stages' home, then the shared VAE's (if any)."""
+    homes = [Home("", self.workdir, self.results_dir)]
+    if self.vae_workdir:
+      homes.append(Home(f"{self.row.vae_home}/", self.vae_workdir, self.committed_vae_dir))
+    return homes
 
   def finished_here(self) -> bool:
     """Finished in this machine's workdir (which holds its checkpoints)."""

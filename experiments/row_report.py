@@ -63,15 +63,8 @@ def report(row: str, seed: int, results: str = tables.FMNIST_RESULTS) -> dict[st
   record = run.committed_record()
   if record is None:
     raise SystemExit(f"{row}/s{seed}: no eval record in {run.results_dir}.")
-  homes = {"": run.results_dir}
-  if run.row.vae_home:
-    homes[f"{run.row.vae_home}/"] = run.committed_vae_dir
-  training = {}
-  for prefix, directory in homes.items():
-    for stage in program_runs.TRAINING_STAGES:
-      path = os.path.join(directory, stage, "metrics.jsonl")
-      if os.path.exists(path):
-        training[prefix + stage] = training_summary(writers.read_metrics(path))
+  training = {home.label + stage: training_summary(writers.read_metrics(path))
+              for home in run.homes() for stage, path in program_runs.stage_files(home.committed).items()}
   diagnose = sorted(glob.glob(os.path.join(run.results_dir, "diagnose", "*.json")))
   metrics = record["metrics"]
   return {"row": row, "seed": seed,

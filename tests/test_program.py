@@ -214,6 +214,30 @@ def test_runs_committed_on_an_earlier_machine_are_done_and_count(fake_rows, caps
   assert costs["ldm"] == pytest.approx(1 / 2.0)
 
 
+def test_a_shared_vae_s_logs_are_copied_to_its_committed_home_and_costed_from_the_workdir(tmp_path):
+  """lsi/s1 uses the two-stage VAE of seed 1: its own stage's log and settings go to results/lsi/s1, the
+  VAE's to results/two_stage_vae/s1; the costs read each stage's log from the workdir first."""
+  root, results = str(tmp_path / "runs"), str(tmp_path / "results")
+  run = program_runs.Run(fmnist_rows.BY_NAME["lsi"], 1, root, results)
+  for directory, stage, rate in ((run.workdir, "ldm", 4.0), (run.vae_workdir, "vae", 8.0)):
+    os.makedirs(os.path.join(directory, stage))
+    for name, text in (("metrics.jsonl", json.dumps({"step": 10, "steps_per_sec": rate}) + "\n"),
+                       ("config.json", "{}")):
+      with open(os.path.join(directory, stage, name), "w") as f:
+        f.write(text)
+  open(os.path.join(run.workdir, "run.log"), "w").close()
+  written = program.copy_artefacts(run)
+  vae_home = os.path.join(results, fmnist_rows.TWO_STAGE_VAE, "s1")
+  assert sorted(os.path.relpath(path, results) for path in written if "run.log" not in path) == sorted(
+      os.path.join(home, stage, name) for home, stage in (("lsi/s1", "ldm"), (os.path.relpath(vae_home, results), "vae"))
+      for name in ("metrics.jsonl", "config.json"))
+  assert [home.label for home in run.homes()] == ["", f"{fmnist_rows.TWO_STAGE_VAE}/"]
+  with open(os.path.join(vae_home, "vae", "metrics.jsonl"), "w") as f:  # a stale committed copy
+    f.write(json.dumps({"step": 5, "steps_per_sec": 1.0}) + "\n")
+  assert program_costs._training_logs(run) == [("ldm", os.path.join(run.workdir, "ldm", "metrics.jsonl")),
+                                              ("vae", os.path.join(run.vae_workdir, "vae", "metrics.jsonl"))]
+
+
 def test_a_shared_vae_is_counted_once_in_what_is_left(tmp_path):
   """Five two-stage rows of a seed share one VAE: the first needs its steps, the others only their LDMs."""
   root = str(tmp_path / "runs")

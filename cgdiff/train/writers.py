@@ -22,6 +22,9 @@ from absl import logging
 
 from cgdiff.train import tfevents
 
+# A training stage's scalars, one JSON record per logged step, in its log directory.
+METRICS_FILE = "metrics.jsonl"
+
 
 class LoggingWriter:
   """Scalars to the absl log, one line per write."""
@@ -136,7 +139,7 @@ def create_writer(logdir: str, *, tensorboard: bool = True, quiet: bool = False,
   run that starts at step `resume_step` (0: from scratch; see the module docstring), or None to keep
   whatever was logged before."""
   writers = [] if quiet else [LoggingWriter()]
-  writers.append(JsonlWriter(os.path.join(logdir, "metrics.jsonl"), resume_step))
+  writers.append(JsonlWriter(os.path.join(logdir, METRICS_FILE), resume_step))
   if tensorboard:
     writers.append(TensorBoardWriter(logdir, None if resume_step is None else resume_step + 1))
   return MultiWriter(writers)
