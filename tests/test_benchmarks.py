@@ -23,11 +23,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 # pylint: disable=wrong-import-position
-from benchmarks import run, torch_models, torch_steps
+from benchmarks import run, settings, sides, timing, torch_models, torch_steps
 from cgdiff import samplers, schedules
 from cgdiff.models import build
 from cgdiff.metrics import inception_weights
 from configs import base as base_config
+from configs import fmnist_base
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 CONFIG = base_config.get_config()
@@ -60,19 +61,19 @@ def filled_params(module, *inputs, seed: int = 0):
 
 
 def torch_unet(cfg: dict) -> torch_models.UNet:
-  return run.torch_unet(cfg, (8, 8, 4))
+  return sides.torch_unet(cfg, (8, 8, 4))
 
 
 @pytest.mark.parametrize("base", [128, 64])
 def test_unet_parameter_count_matches_at_full_size(base):
-  cfg = run.score_config(CONFIG, base, run.Settings())
+  cfg = sides.score_config(CONFIG, base, settings.Settings())
   net = build.score_net(cfg)
   shapes = build.abstract_init(net, jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)))
   assert torch_models.count_parameters(torch_unet(cfg)) == count(shapes)
 
 
 def test_vae_and_gate_parameter_counts_match_at_full_size():
-  vae_cfg = run.plain(CONFIG.vae.model.to_dict())
+  vae_cfg = sides.plain(CONFIG.vae.model.to_dict())
   vae = build.vae(vae_cfg)
   tvae = torch_models.VAE(**vae_cfg)
   assert torch_models.count_parameters(tvae) == count(build.abstract_init(vae, jnp.zeros((1, 32, 32, 3))))
@@ -159,9 +160,9 @@ def test_heun_pc_keeps_a_standard_normal_with_its_exact_score():
 def test_quick_benchmark_writes_a_record_with_every_field(tmp_path):
   # One UNet target (the critic-gate, which exercises the most: two networks on each side) keeps the
   # run at about 40 s of CPU, nearly all of it XLA compiles; the other targets differ only in the loss.
-  settings = dataclasses.replace(run.QUICK, targets=("critic_gate",))
+  quick = dataclasses.replace(settings.QUICK, targets=("critic_gate",))
   path = tmp_path / "quick.json"
-  run.benchmark(settings, tuple(s for s in run.SECTIONS if s not in ("inception", "fmnist")),
+  run.benchmark(quick, tuple(s for s in run.SECTIONS if s not in ("inception", "fmnist")),
                 out=str(path))  # see below
   record = json.loads(path.read_text())
   assert {"date", "command", "git_commit", "machine", "versions", "settings", "results", "derived",
@@ -175,7 +176,7 @@ def test_quick_benchmark_writes_a_record_with_every_field(tmp_path):
   for m in [results["peak"], results["vae"], *results["unet"], *results["sample"]]:
     assert m["speed_ratio"] > 0, m["name"]
     for side in ("cgdiff", "torch"):
-      assert len(m[side]["samples_s"]) >= settings.reps and m[side]["median_s"] > 0, m["name"]
+      assert len(m[side]["samples_s"]) >= quick.reps and m[side]["median_s"] > 0, m["name"]
   unet = results["unet"][0]["cgdiff"]
   assert unet["compile_s"] > 0 and unet["flops"] > 0
   derived = record["derived"]
@@ -194,11 +195,11 @@ def test_quick_benchmark_writes_a_record_with_every_field(tmp_path):
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_quick_inception_section_times_pool3_against_the_torchscript_network(tmp_path):
   # Batch 2 and no backend optimisation: about 30 s, the compile of the network.
-  record = run.benchmark(run.QUICK, ("peak", "inception"), out=str(tmp_path / "inception.json"))
+  record = run.benchmark(settings.QUICK, ("peak", "inception"), out=str(tmp_path / "inception.json"))
   (rec,) = record["results"]["inception"]
   assert rec["name"] == "Inception pool3 b2 (img)" and rec["items_per_call"] == 2 and rec["speed_ratio"] > 0
   assert rec["cgdiff"]["flops"] > 0 and rec["cgdiff"]["compile_s"] > 0
-  assert len(rec["torch"]["samples_s"]) == len(rec["cgdiff"]["samples_s"]) == run.QUICK.reps
+  assert len(rec["torch"]["samples_s"]) == len(rec["cgdiff"]["samples_s"]) == settings.QUICK.reps
   # The same network on the same inputs: test_fid's bound, 1e-4 of the feature scale.
   assert 0 <= rec["feature_max_rel_diff"] < 1e-4
   (row,) = record["derived"]["inception_gflops"]
@@ -208,8 +209,8 @@ def test_quick_inception_section_times_pool3_against_the_torchscript_network(tmp
 def test_quick_fmnist_section_times_the_results_programs_steps(tmp_path):
   # The results program's VAE (32x32x1 images), UNet (the three targets, per-element gate) and row (a)'s
   # co-training step, at the quick model sizes: the configs' shapes and options reach both sides.
-  settings = dataclasses.replace(run.QUICK, targets=("tweedie", "critic_gate"))
-  record = run.benchmark(settings, ("fmnist",), out=str(tmp_path / "fmnist.json"))
+  quick = dataclasses.replace(settings.QUICK, targets=("tweedie", "critic_gate"))
+  record = run.benchmark(quick, ("fmnist",), out=str(tmp_path / "fmnist.json"))
   names = [rec["name"] for rec in record["results"]["fmnist"]]
   assert names[0] == "VAE train step b4 32x32x1 (img)" and names[-1] == "co-train step lsi b4 32x32x1 (img)"
   assert [rec.get("target") for rec in record["results"]["fmnist"][1:-1]] == ["tweedie", "critic_gate"]
@@ -218,7 +219,7 @@ def test_quick_fmnist_section_times_the_results_programs_steps(tmp_path):
   cotrain, vae = record["results"]["fmnist"][-1], record["results"]["fmnist"][0]
   assert cotrain["parameters"] > vae["parameters"]  # VAE + UNet
   assert [row["name"] for row in record["derived"]["target_over_baseline"]] == [
-      f"UNet{run.fmnist_base.get_config().score_net.base_channels} critic_gate / tweedie step time"]
+      f"UNet{fmnist_base.get_config().score_net.base_channels} critic_gate / tweedie step time"]
 
 
 def test_torch_cotrain_loss_is_the_sum_of_its_terms():
@@ -250,13 +251,13 @@ def test_grouped_alternation_interleaves_every_side_and_pairs_the_ratios():
   # Ratios between groups (target step / baseline step, sampler / forward) pair calls made moments apart:
   # after the warm-up round every repetition calls each side once, in the same order.
   calls = []
-  side = lambda name: run.Side(lambda: calls.append(name))
+  side = lambda name: timing.Side(lambda: calls.append(name))
   groups = {"a": {"cgdiff": side("a.cg"), "torch": side("a.th")}, "b": {"cgdiff": side("b.cg")}}
-  samples = run.measure_together(groups, reps=3, warmup=1)
+  samples = timing.measure_together(groups, reps=3, warmup=1)
   assert calls == ["a.cg", "a.th", "b.cg"] * 4
   assert {g: {s: len(x) for s, x in sides.items()} for g, sides in samples.items()} == {
       "a": {"cgdiff": 3, "torch": 3}, "b": {"cgdiff": 3}}
-  assert run.paired_ratio([2.0, 6.0, 3.0], [1.0, 2.0, 3.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+  assert timing.paired_ratio([2.0, 6.0, 3.0], [1.0, 2.0, 3.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
 
 
 def test_with_two_cpu_devices_the_train_steps_are_timed_on_one_device_too(tmp_path):
