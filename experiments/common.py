@@ -22,7 +22,7 @@ from cgdiff import records, schedules, score_targets
 from cgdiff.data import pipeline
 from cgdiff.models import build
 from cgdiff.train import TrainLoopConfig, create_state, make_optimizer
-from cgdiff.train import checkpoint
+from cgdiff.train import checkpoint, checksums
 from experiments import latent_space
 
 # The stages that train a VAE (the values of config.ldm / config.stats.vae_source). config.vae_workdir,
@@ -96,7 +96,7 @@ def checkpoint_dir(config: ml_collections.ConfigDict, workdir: str, stage: str) 
 
 def latest_step(config: ml_collections.ConfigDict, workdir: str, stage: str) -> int:
   """The step of the newest intact checkpoint of `stage` (what a later stage restores)."""
-  step = checkpoint.latest_intact_step(checkpoint_dir(config, workdir, stage))
+  step = checksums.latest_intact_step(checkpoint_dir(config, workdir, stage))
   if step is None:
     raise FileNotFoundError(f"no intact checkpoint in {checkpoint_dir(config, workdir, stage)}: run the "
                             f"`{stage}` stage first.")
@@ -250,7 +250,7 @@ def is_continuation(config: ml_collections.ConfigDict, stage: str,
 
 
 def _has_checkpoints(config: ml_collections.ConfigDict, workdir: str, stage: str) -> bool:
-  return bool(checkpoint.checkpoint_steps(checkpoint_dir(config, workdir, stage)))
+  return bool(checksums.checkpoint_steps(checkpoint_dir(config, workdir, stage)))
 
 
 def check_stage_settings(config: ml_collections.ConfigDict, workdir: str, stage: str, *,

@@ -42,7 +42,7 @@ from benchmarks import run_ahead_deadlock
 from cgdiff import objectives, samplers, schedules, score_targets
 from cgdiff.data import pipeline
 from cgdiff.models import build, gate
-from cgdiff.train import TrainLoopConfig, checkpoint, create_state, make_optimizer, state, train, writers
+from cgdiff.train import TrainLoopConfig, checkpoint, checksums, create_state, make_optimizer, state, train, writers
 from configs import quickstart, toy
 from experiments import common, latent_space, sampling, validation
 from experiments import run as run_lib
@@ -161,7 +161,7 @@ def assert_same_run(resumed, reference) -> None:
 
 def newest_step_dir(workdir) -> str:
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  return os.path.join(ckpt_dir, str(checkpoint.checkpoint_steps(ckpt_dir)[-1]))
+  return os.path.join(ckpt_dir, str(checksums.checkpoint_steps(ckpt_dir)[-1]))
 
 
 def largest_data_file(step_dir: str) -> str:
@@ -204,7 +204,7 @@ def test_kill_9_at_random_steps_then_resume_is_bit_identical_and_loses_no_metric
     assert [r["step"] for r in jsonl(tmp_path / name)] == logged
     (events,) = event_files(tmp_path / name)
     assert tensorboard_loss_steps(events) == logged
-  if checkpoint.checkpoint_steps(str(tmp_path / "b" / "checkpoints")):
+  if checksums.checkpoint_steps(str(tmp_path / "b" / "checkpoints")):
     flip_byte(largest_data_file(newest_step_dir(tmp_path / "b")), 0)
   for process in [start_training(tmp_path / name, NUM_STEPS, tensorboard=False, cache_dir=cache_dir)
                   for name in "ab"]:
@@ -223,7 +223,7 @@ def test_sigterm_saves_the_step_it_comes_in_and_the_resumed_run_is_bit_identical
     out = finish(start_training(tmp_path / name, NUM_STEPS, kill_at=k, kill_signal="SIGTERM",
                                 tensorboard=False, cache_dir=cache_dir), 143)
     assert f"preempted {k + 1}" in out
-    assert checkpoint.checkpoint_steps(str(tmp_path / name / "checkpoints"))[-1] == k + 1
+    assert checksums.checkpoint_steps(str(tmp_path / name / "checkpoints"))[-1] == k + 1
     assert [r["step"] for r in jsonl(tmp_path / name)] == list(range(1, k + 2))
     resumed = finish(start_training(tmp_path / name, NUM_STEPS, tensorboard=False, cache_dir=cache_dir))
     assert resumed.split()[:2] == (["step", str(k + 1)] if k + 1 < NUM_STEPS else [])
@@ -373,7 +373,7 @@ def test_a_flipped_byte_at_many_offsets_of_every_file_is_detected(two_checkpoint
         f"every one detected, every restore fell back to step 1")
 
 
-@pytest.mark.parametrize("victim", ["data", "default/_METADATA", checkpoint.MANIFEST])
+@pytest.mark.parametrize("victim", ["data", "default/_METADATA", checksums.MANIFEST])
 @pytest.mark.parametrize("keep_fraction", [0.0, 0.5])
 def test_a_truncated_file_falls_back_to_the_previous_checkpoint(two_checkpoints, tmp_path, victim,
                                                                  keep_fraction):
@@ -390,11 +390,11 @@ def test_an_unfinished_save_is_skipped_and_alone_means_no_checkpoint(two_checkpo
   and the checksums): the older checkpoint is used, and with none the run starts from scratch."""
   copy = str(tmp_path / "copy")
   shutil.copytree(two_checkpoints, copy)
-  os.remove(os.path.join(copy, "2", checkpoint.MANIFEST))
+  os.remove(os.path.join(copy, "2", checksums.MANIFEST))
   with caplog.at_level(logging.WARNING):
     assert int(restored(copy).step) == 1
   assert "step 2 in" in caplog.text and "is skipped: its save did not finish" in caplog.text
-  os.remove(os.path.join(copy, "1", checkpoint.MANIFEST))
+  os.remove(os.path.join(copy, "1", checksums.MANIFEST))
   ckpt = checkpoint.Checkpointer(copy, keep=None)
   assert int(ckpt.resume(state_at(0)).step) == 0
   ckpt.close()
@@ -405,7 +405,7 @@ def test_checkpoints_from_before_verification_are_refused_until_trusted(two_chec
   says how to vouch for them, and after `--trust` they are used."""
   copy = str(tmp_path / "copy")
   shutil.copytree(two_checkpoints, copy)
-  for path in ("2/" + checkpoint.MANIFEST, "1/" + checkpoint.MANIFEST, checkpoint.MARKER):
+  for path in ("2/" + checksums.MANIFEST, "1/" + checksums.MANIFEST, checkpoint.MARKER):
     os.remove(os.path.join(copy, path))
   with pytest.raises(checkpoint.CheckpointError, match=r"no verified checkpoint in .*step 2: no "
                      r"cgdiff_checksums.json.*step 1: no cgdiff_checksums.json.*--trust"):
@@ -418,13 +418,13 @@ def test_no_intact_checkpoint_is_a_clear_error_naming_each_problem(two_checkpoin
   copy = str(tmp_path / "copy")
   shutil.copytree(two_checkpoints, copy)
   flip_byte(os.path.join(copy, "2", "default", "_METADATA"), 5)
-  with open(os.path.join(copy, "1", checkpoint.MANIFEST), "w") as f:
+  with open(os.path.join(copy, "1", checksums.MANIFEST), "w") as f:
     f.write("{}")
   with pytest.raises(checkpoint.CheckpointError) as error:
     restored(copy)
   message = str(error.value)
   assert message.startswith(f"no intact checkpoint in {copy}: step 2: checksum mismatch in "
-                            f"default/_METADATA; step 1: {checkpoint.MANIFEST} is unreadable")
+                            f"default/_METADATA; step 1: {checksums.MANIFEST} is unreadable")
   assert "remove the directory (or use a new workdir) to train from scratch" in message
 
 
@@ -439,8 +439,8 @@ def test_arrays_that_read_back_otherwise_than_saved_are_detected(two_checkpoints
       step_dir = os.path.join(copy, "2")
       data = largest_data_file(step_dir)
       flip_byte(data, trial * (os.path.getsize(data) - 1) // 11)
-      checkpoint.write_manifest(step_dir, checkpoint.saved_arrays(checkpoint.read_manifest(step_dir)))
-      assert checkpoint.file_problem(step_dir) is None
+      checksums.write_manifest(step_dir, checksums.saved_arrays(checksums.read_manifest(step_dir)))
+      assert checksums.file_problem(step_dir) is None
       state = restored(copy)
       # Step 2 as saved (a byte no array depends on) or, detected, the fallback to step 1.
       chex.assert_trees_all_equal(state, state_at(int(state.step)))
@@ -464,13 +464,13 @@ def test_retention_never_deletes_the_last_intact_checkpoint(tmp_path):
   ckpt = checkpoint.Checkpointer(directory, keep=2, save_every=1)
   ckpt.save(state_at(1))
   ckpt.save(state_at(2))
-  flip_byte(os.path.join(directory, "2", checkpoint.MANIFEST), 10)
+  flip_byte(os.path.join(directory, "2", checksums.MANIFEST), 10)
   ckpt.save(state_at(3))
   assert ckpt.all_steps() == [1, 2, 3]  # two intact kept (3 and 1); the damaged 2 is newer than 1
   ckpt.save(state_at(4))
   assert ckpt.all_steps() == [3, 4]
-  flip_byte(os.path.join(directory, "4", checkpoint.MANIFEST), 10)
-  flip_byte(os.path.join(directory, "3", checkpoint.MANIFEST), 10)
+  flip_byte(os.path.join(directory, "4", checksums.MANIFEST), 10)
+  flip_byte(os.path.join(directory, "3", checksums.MANIFEST), 10)
   with pytest.raises(checkpoint.CheckpointError):
     ckpt.restore(state_at(0))
   ckpt.close()
@@ -511,7 +511,7 @@ def test_a_run_killed_during_its_first_save_starts_again_from_scratch(tmp_path):
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=None, save_every=1)
   ckpt.save(create_state({"w": jnp.ones((2,))}, make_optimizer(OPTIMIZER, 4)).replace(step=jnp.int32(2)))
   ckpt.close()
-  os.remove(os.path.join(tmp_path, "checkpoints", "2", checkpoint.MANIFEST))
+  os.remove(os.path.join(tmp_path, "checkpoints", "2", checksums.MANIFEST))
   state = train_tiny(tmp_path, lambda step: np.ones((2,), np.float32), num_steps=4)
   assert int(state.step) == 4
   assert [r["step"] for r in jsonl(tmp_path)] == [1, 2, 3, 4]
@@ -703,7 +703,7 @@ def test_sigterm_stops_the_command_line_after_saving_the_step_with_one_line_and_
   step = int(re.fullmatch(r"experiments\.run: stopped by SIGTERM after step (\d+); its checkpoint is saved in "
                           r".*/ldm/checkpoints, and the same command resumes from it\.", last).group(1))
   assert 5 <= step < 1000
-  assert checkpoint.latest_intact_step(str(workdir / "ldm" / "checkpoints")) == step
+  assert checksums.latest_intact_step(str(workdir / "ldm" / "checkpoints")) == step
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -795,7 +795,7 @@ def test_training_on_2_cpu_devices_survives_4_busy_loops(tmp_path):
       hog.wait()
   assert result.returncode == 0, result.stderr[-3000:]
   assert "2 CPU device(s)" in result.stderr
-  assert checkpoint.latest_intact_step(str(tmp_path / "vae" / "checkpoints")) == 150
+  assert checksums.latest_intact_step(str(tmp_path / "vae" / "checkpoints")) == 150
   waits = [float(w) for w in re.findall(r"is unstuck waiting for .*? after ([0-9.]+)s", result.stderr)]
   print(f"150 VAE steps on 2 CPU devices under 4 busy loops: {seconds:.0f} s; {len(waits)} collectives "
         f"waited > 10 s for a device, the longest {max(waits, default=0):.0f} s")

@@ -228,9 +228,9 @@ def test_a_shared_vae_s_logs_are_copied_to_its_committed_home_and_costed_from_th
   open(os.path.join(run.workdir, "run.log"), "w").close()
   written = program.copy_artefacts(run)
   vae_home = os.path.join(results, fmnist_rows.TWO_STAGE_VAE, "s1")
+  homes = (("lsi/s1", "ldm"), (os.path.relpath(vae_home, results), "vae"))
   assert sorted(os.path.relpath(path, results) for path in written if "run.log" not in path) == sorted(
-      os.path.join(home, stage, name) for home, stage in (("lsi/s1", "ldm"), (os.path.relpath(vae_home, results), "vae"))
-      for name in ("metrics.jsonl", "config.json"))
+      os.path.join(home, stage, name) for home, stage in homes for name in ("metrics.jsonl", "config.json"))
   assert [home.label for home in run.homes()] == ["", f"{fmnist_rows.TWO_STAGE_VAE}/"]
   with open(os.path.join(vae_home, "vae", "metrics.jsonl"), "w") as f:  # a stale committed copy
     f.write(json.dumps({"step": 5, "steps_per_sec": 1.0}) + "\n")

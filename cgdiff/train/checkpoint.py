@@ -1,11 +1,9 @@
-"""Orbax checkpoints of a TrainState, verified: each is checked against its checksums before it is used.
+"""Orbax checkpoints of a TrainState, verified: each is checked against its checksums (its manifest,
+cgdiff.train.checksums) before it is used.
 
 Layout: <directory>/<step>/ is an Orbax step directory; once its save has completed (Orbax writes
-asynchronously: `save` waits for it), MANIFEST (cgdiff_checksums.json) is written into it atomically:
-the size and sha256 of every file of the step, the tree path, shape, dtype and sha256 of every array of
-the state, and the sha256 of the manifest itself.
+asynchronously: `save` waits for it), its manifest is written into it (checksums.write_manifest).
 
-A checkpoint is INTACT when its manifest is readable and every file it lists has that size and hash.
 `restore` uses the newest intact checkpoint whose arrays, as read, match their checksums; each newer one
 is skipped with a warning that names it and why (a file differs, is missing or unreadable; no manifest,
 because the run was killed between the save and its checksums; the arrays read differ). None left:
@@ -29,26 +27,19 @@ shows as Orbax's error of that restore) and marks the directory.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import sys
-from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from cgdiff.train import checksums
 from cgdiff.train.state import TrainState
 
-MANIFEST = "cgdiff_checksums.json"
 MARKER = "cgdiff_checksummed"
 SET_ASIDE = "set_aside"
-_VERSION = 1
-_CHUNK = 1 << 20
 
 
 class CheckpointError(RuntimeError):
@@ -56,156 +47,9 @@ class CheckpointError(RuntimeError):
   The message names the directory, what is wrong with each checkpoint, and what to do."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ArrayRecord:
-  """One array of a saved state: where it is in the tree, its shape and dtype, the sha256 of its bytes."""
-  path: str
-  shape: tuple[int, ...]
-  dtype: str
-  sha256: str
-
-
-def _layout(shape: tuple[int, ...], dtype: str) -> str:
-  return f"{dtype}{list(shape)}"
-
-
-def file_sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(_CHUNK), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def array_records(tree: Any) -> list[ArrayRecord]:
-  """An ArrayRecord per leaf of `tree`, in tree order (the bytes are those of the C-ordered host copy)."""
-  with_paths, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
-  records = []
-  for path, leaf in with_paths:
-    array = np.asarray(leaf)
-    records.append(ArrayRecord(jax.tree_util.keystr(path), tuple(array.shape), str(array.dtype),
-                               hashlib.sha256(array.tobytes()).hexdigest()))
-  return records
-
-
-def step_files(step_dir: str) -> dict[str, dict[str, Any]]:
-  """{path relative to step_dir: {"size", "sha256"}} of every file of a step but the manifest."""
-  files = {}
-  for root, _, names in os.walk(step_dir):
-    for name in names:
-      path = os.path.join(root, name)
-      relative = os.path.relpath(path, step_dir)
-      if relative != MANIFEST and not relative.startswith(MANIFEST):  # the manifest and its temp file
-        files[relative] = {"size": os.path.getsize(path), "sha256": file_sha256(path)}
-  return dict(sorted(files.items()))
-
-
 def _touch(path: str) -> None:
   with open(path, "a"):
     pass
-
-
-def _digest(body: dict[str, Any]) -> str:
-  return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def write_manifest(step_dir: str, arrays: list[ArrayRecord] | None, *, trusted: bool = False) -> None:
-  """Writes step_dir's manifest (files as they are now, `arrays` if given) atomically."""
-  body = {"version": _VERSION, "trusted": trusted, "files": step_files(step_dir),
-          "arrays": None if arrays is None else [dataclasses.asdict(a) for a in arrays]}
-  path = os.path.join(step_dir, MANIFEST)
-  with open(path + ".tmp", "w") as f:
-    json.dump({**body, "sha256": _digest(body)}, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + ".tmp", path)
-
-
-def has_manifest(step_dir: str) -> bool:
-  return os.path.exists(os.path.join(step_dir, MANIFEST))
-
-
-def read_manifest(step_dir: str) -> dict[str, Any]:
-  """The manifest of step_dir, its own digest checked.
-
-  Raises:
-    ValueError: no manifest, or one that is unreadable or altered (the message says which).
-  """
-  path = os.path.join(step_dir, MANIFEST)
-  if not os.path.exists(path):
-    raise ValueError(f"no {MANIFEST} (a run killed between the save and its checksums, or a checkpoint "
-                     f"written before cgdiff verified checkpoints)")
-  try:
-    with open(path) as f:
-      manifest = json.load(f)
-    body = {k: v for k, v in manifest.items() if k != "sha256"}
-    intact = manifest["sha256"] == _digest(body) and manifest["version"] == _VERSION
-  except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-    raise ValueError(f"{MANIFEST} is unreadable ({type(error).__name__})") from None
-  if not intact:
-    raise ValueError(f"{MANIFEST} does not match its own checksum")
-  return manifest
-
-
-def file_problem(step_dir: str) -> str | None:
-  """Why the checkpoint in step_dir is not intact (its manifest or a file), or None when it is."""
-  try:
-    manifest = read_manifest(step_dir)
-  except ValueError as error:
-    return str(error)
-  for relative, expected in manifest["files"].items():
-    path = os.path.join(step_dir, relative)
-    if not os.path.isfile(path):
-      return f"{relative} is missing"
-    if os.path.getsize(path) != expected["size"]:
-      return (f"{relative} has {os.path.getsize(path)} bytes, {expected['size']} when saved (truncated or "
-              f"overwritten)")
-    try:
-      if file_sha256(path) != expected["sha256"]:
-        return f"checksum mismatch in {relative}"
-    except OSError as error:
-      return f"{relative} is unreadable ({error})"
-  return None
-
-
-def saved_arrays(manifest: dict[str, Any]) -> list[ArrayRecord] | None:
-  """The ArrayRecords of a manifest (None for a trusted one, which has none)."""
-  if manifest["arrays"] is None:
-    return None
-  return [ArrayRecord(a["path"], tuple(a["shape"]), a["dtype"], a["sha256"]) for a in manifest["arrays"]]
-
-
-def shape_differences(saved: list[ArrayRecord], like: Any) -> list[str]:
-  """The arrays whose presence, shape or dtype differ between a checkpoint and `like` (arrays or
-  ShapeDtypeStructs: nothing is computed), one line each."""
-  saved_by_path = {a.path: a for a in saved}
-  with_paths, _ = jax.tree_util.tree_flatten_with_path(like)
-  wanted = {jax.tree_util.keystr(path): (tuple(x.shape), str(np.dtype(x.dtype))) for path, x in with_paths}
-  lines = []
-  for path, (shape, dtype) in wanted.items():
-    have = saved_by_path.get(path)
-    if have is None:
-      lines.append(f"{path} is not in the checkpoint (the model has {_layout(shape, dtype)})")
-    elif (have.shape, have.dtype) != (shape, dtype):
-      lines.append(f"{path} is {_layout(have.shape, have.dtype)} in the checkpoint, "
-                   f"{_layout(shape, dtype)} in the model")
-  lines += [f"{path} ({_layout(a.shape, a.dtype)}) is in the checkpoint, not in the model"
-            for path, a in saved_by_path.items() if path not in wanted]
-  return lines
-
-
-def checkpoint_steps(directory: str) -> list[int]:
-  """Every checkpoint step in `directory`, intact or not, oldest first: its step directories (Orbax's
-  unfinished saves have other names), listed here because Orbax does not list a step whose metadata is
-  damaged."""
-  names = os.listdir(directory) if os.path.isdir(directory) else []
-  return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
-
-
-def latest_intact_step(directory: str) -> int | None:
-  """The newest step in `directory` whose files match its manifest, or None."""
-  return next((s for s in reversed(checkpoint_steps(directory))
-               if file_problem(os.path.join(directory, str(s))) is None), None)
 
 
 def steps_to_delete(steps: list[int], intact: set[int], keep: int | None) -> list[int]:
@@ -237,19 +81,19 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
   def all_steps(self) -> list[int]:
-    """Every checkpoint step, intact or not, oldest first (checkpoint_steps)."""
-    return checkpoint_steps(self.directory)
+    """Every checkpoint step, intact or not, oldest first (checksums.checkpoint_steps)."""
+    return checksums.checkpoint_steps(self.directory)
 
   def latest_step(self) -> int | None:
-    """The newest checkpoint step, intact or not (see latest_intact_step)."""
+    """The newest checkpoint step, intact or not (see checksums.latest_intact_step)."""
     steps = self.all_steps()
     return steps[-1] if steps else None
 
   def latest_intact_step(self) -> int | None:
-    return latest_intact_step(self.directory)
+    return checksums.latest_intact_step(self.directory)
 
   def _has_manifest(self, step: int) -> bool:
-    return has_manifest(self.step_dir(step))
+    return checksums.has_manifest(self.step_dir(step))
 
   def unfinished_steps(self) -> list[int]:
     """The steps of saves that did not finish: without a manifest, in a directory whose every save
@@ -277,13 +121,13 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
     self._manager.wait_until_finished()
     if jax.process_index() == 0:
-      write_manifest(self.step_dir(step), array_records(state))
+      checksums.write_manifest(self.step_dir(step), checksums.array_records(state))
       steps = self.all_steps()
       intact = set()  # the newest intact steps, as many as retention keeps (checked newest first)
       for candidate in reversed(steps if self.keep is not None else []):
         if len(intact) == self.keep:
           break
-        if file_problem(self.step_dir(candidate)) is None:
+        if checksums.file_problem(self.step_dir(candidate)) is None:
           intact.add(candidate)
       doomed = steps_to_delete(steps, intact, self.keep)
       for old in doomed:
@@ -302,7 +146,7 @@ class Checkpointer:
     target += f".{suffix}" if suffix else ""
     os.makedirs(os.path.dirname(target), exist_ok=True)
     logging.warning("checkpoint step %d in %s is saved again; the old one (%s) is moved to %s", step,
-                    self.directory, file_problem(self.step_dir(step)) or "intact", target)
+                    self.directory, checksums.file_problem(self.step_dir(step)) or "intact", target)
     os.replace(self.step_dir(step), target)
     self._manager.reload()
 
@@ -317,7 +161,7 @@ class Checkpointer:
   def _warn_unfinished(self, consequence: str) -> None:
     for unfinished in self.unfinished_steps():
       logging.warning("step %d in %s is skipped: its save did not finish (no %s: the run was killed while "
-                      "saving); %s.", unfinished, self.directory, MANIFEST, consequence)
+                      "saving); %s.", unfinished, self.directory, checksums.MANIFEST, consequence)
 
   def restore(self, like: TrainState, step: int | None = None) -> TrainState:
     """The state of the newest intact checkpoint (or of `step` only), with the structure and dtypes of
@@ -330,10 +174,10 @@ class Checkpointer:
     candidates = list(reversed(self.restorable_steps())) if step is None else [step]
     problems = {}
     for candidate in candidates:
-      problem = file_problem(self.step_dir(candidate))
+      problem = checksums.file_problem(self.step_dir(candidate))
       if problem is None:
-        manifest = read_manifest(self.step_dir(candidate))
-        state, problem = self._read_verified(candidate, like, saved_arrays(manifest))
+        manifest = checksums.read_manifest(self.step_dir(candidate))
+        state, problem = self._read_verified(candidate, like, checksums.saved_arrays(manifest))
         if problem is None:
           return state
       logging.warning("checkpoint step %d in %s is skipped: %s.", candidate, self.directory, problem)
@@ -342,10 +186,10 @@ class Checkpointer:
     raise CheckpointError(no_intact_message(self.directory, problems, unverified=unverified))
 
   def _read_verified(self, step: int, like: TrainState,
-                     saved: list[ArrayRecord] | None) -> tuple[TrainState | None, str | None]:
+                     saved: list[checksums.ArrayRecord] | None) -> tuple[TrainState | None, str | None]:
     """(state, None) when step's arrays read back as saved, else (None, why)."""
     if saved is not None:
-      differences = shape_differences(saved, like)
+      differences = checksums.shape_differences(saved, like)
       if differences:
         raise CheckpointError(
             f"checkpoint step {step} in {self.directory} holds another model than the one being "
@@ -363,7 +207,7 @@ class Checkpointer:
     # Orbax returns optax's named tuples as plain containers: rebuild `like`'s tree structure.
     state = jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(restored))
     if saved is not None:
-      read = {r.path: r for r in array_records(state)}
+      read = {r.path: r for r in checksums.array_records(state)}
       bad = [s.path for s in saved if read.get(s.path) != s]
       if bad:
         return None, f"array checksum mismatch in {', '.join(bad[:3])}"
@@ -407,9 +251,9 @@ def trust(directory: str) -> list[int]:
   those steps. For checkpoints written before cgdiff verified them, by a user who vouches for them."""
   checkpointer = Checkpointer(directory, keep=None)
   try:
-    steps = [s for s in checkpointer.all_steps() if not has_manifest(checkpointer.step_dir(s))]
+    steps = [s for s in checkpointer.all_steps() if not checksums.has_manifest(checkpointer.step_dir(s))]
     for step in steps:
-      write_manifest(checkpointer.step_dir(step), None, trusted=True)
+      checksums.write_manifest(checkpointer.step_dir(step), None, trusted=True)
     _touch(os.path.join(checkpointer.directory, MARKER))
   finally:
     checkpointer.close()
