@@ -2,7 +2,6 @@
 
 from statistics import NormalDist
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
