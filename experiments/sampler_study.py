@@ -2,7 +2,7 @@
 every sampler from the same fixed noise banks at N = 5,000 (these FIDs are compared only with each
 other: FID is biased upwards at small N).
 
-    python -m experiments.sampler_study run [--row best] [--seed 0]   # resumable; best: lowest mean FID
+    python -m experiments.sampler_study run [--row best] [--seed S]   # resumable; best: lowest mean FID
     python -m experiments.sampler_study table [--row ROW] [--seed S]  # markdown table of the records
 
 Each sampler is the row's own `eval` stage with --config.sample.method / num_steps and
@@ -41,6 +41,13 @@ def best_row(root: str, results: str | None = None) -> str:
   if not fids:
     raise SystemExit("no row has finished both seeds yet; pass --row.")
   return min(fids, key=lambda name: statistics.fmean(fids[name]))
+
+
+def default_seed(row: str, root: str, results: str | None = None) -> int:
+  """The first of seeds 0 and 1 of `row` that finished on this machine (its checkpoints are here, so
+  nothing is trained again), else 0 (trained again from its committed record's seed)."""
+  return next((seed for seed in program_runs.FIRST_SEEDS if study_run(row, seed, root, results).finished_here()),
+              program_runs.FIRST_SEEDS[0])
 
 
 def study_run(row: str, seed: int, root: str, results: str | None = None) -> program_runs.Run:
@@ -137,7 +144,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("action", choices=("run", "table"))
   parser.add_argument("--row", default="best", help="a row name, or 'best' (lowest mean FID of seeds 0, 1)")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seed", type=int, default=None,
+                      help="default: the first of seeds 0, 1 finished on this machine, else 0")
   parser.add_argument("--root", default=program.DEFAULT_ROOT)
   parser.add_argument("--results", default=program.DEFAULT_RESULTS)
   return parser.parse_args(argv)
@@ -148,9 +156,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   row = best_row(args.root, args.results) if args.row == "best" else args.row
   if row not in fmnist_rows.BY_NAME:
     raise SystemExit(f"unknown row {row!r}; the rows are {sorted(fmnist_rows.BY_NAME)}.")
-  out_dir = os.path.join(args.results, "sampler_study", f"{row}_s{args.seed}")
+  seed = default_seed(row, args.root, args.results) if args.seed is None else args.seed
+  out_dir = os.path.join(args.results, "sampler_study", f"{row}_s{seed}")
   if args.action == "run":
-    out_dir = run_study(row, args.seed, args.root, args.results)
+    out_dir = run_study(row, seed, args.root, args.results)
   print(table(out_dir))
 
 

@@ -54,6 +54,15 @@ def test_best_row_has_the_lowest_mean_fid_of_the_rows_with_both_first_seeds(tmp_
   assert sampler_study.best_row(str(tmp_path)) == "lsi"
 
 
+def test_the_default_seed_is_one_whose_checkpoints_are_on_this_machine(tmp_path):
+  results = tmp_path / "results"
+  os.makedirs(results / "lsi" / "s0")  # seed 0 finished on an earlier machine: committed only
+  json.dump({"stage": "eval", "metrics": {"fid": 12.0}}, open(results / "lsi" / "s0" / "ldm_rk4_10_n10000.json", "w"))
+  assert sampler_study.default_seed("lsi", str(tmp_path), str(results)) == 0  # nothing here: trained again
+  finish(tmp_path, "lsi", 1, 12.5)
+  assert sampler_study.default_seed("lsi", str(tmp_path), str(results)) == 1
+
+
 def test_the_study_runs_every_sampler_once_from_the_row_s_trained_stages_and_resumes(tmp_path, monkeypatch):
   script = tmp_path / "fake_eval.py"
   script.write_text(FAKE_EVAL)
