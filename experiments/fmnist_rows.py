@@ -54,5 +54,3 @@ ROWS = (
         (5.92, 113.12, 0.000090)),
 )
 BY_NAME = {row.name: row for row in ROWS}
-# 002's best FID at 40 NFE (row (b)), which the README compares ours with.
-PAPER_BEST_FID = 9.26

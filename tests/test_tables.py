@@ -31,6 +31,19 @@ def test_fmnist_table_gives_mean_and_spread_over_seeds_beside_002(tmp_path):
   assert "| - | - | - | - |" in lsi
 
 
+def test_the_lowest_mean_fid_is_set_beside_002_s_lowest(tmp_path):
+  assert tables.best_fid_line({}).endswith(
+      "no row yet; 002's lowest: 9.26, (b) Tweedie on LSI-shaped latent (a's VAE).")
+  for row, fids in (("c", (10.0, 12.0)), ("lsi", (9.0,)), ("a", (13.0, 7.0))):
+    for seed, fid in enumerate(fids):
+      os.makedirs(tmp_path / row / f"s{seed}")
+      json.dump(eval_record(fid, [1e-4]), open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
+  # Means: c 11, lsi 9 (one seed), a 10: lsi's is the lowest; 9 / 9.26 = 0.97.
+  assert tables.best_fid_line(tables.fmnist_records(str(tmp_path))) == (
+      "Lowest mean FID at RK4 x 10 (40 NFE): 9.00 (1), two-stage LSI LDM (reg. KL); 002's lowest: 9.26, "
+      "(b) Tweedie on LSI-shaped latent (a's VAE); ours is 0.97 times 002's.")
+
+
 def test_the_command_reads_a_results_directory_and_names_a_missing_record(tmp_path, capsys):
   directory = tmp_path / "c" / "s0"
   os.makedirs(directory)
