@@ -24,6 +24,29 @@ def _stage_kind(stage: str, config_path: str) -> str:
 # Parts of an eval record's wall time that not every row pays: the real images' statistics (once, then
 # cached for every row) and the reconstructions' Inception features (once per VAE; shared by its rows).
 ONCE_PER_PROGRAM, ONCE_PER_VAE = "reference_statistics", "recon_fid_features"
+# The row's own chunked parts of an eval's wall time and their chunk stores, whose compute_seconds count
+# every attempt (a resumed evaluation's wall time covers its last attempt only).
+CHUNKED_PARTS = {"sampling": "samples", "fid_features": "sample_features"}
+RECON_STORE = "reconstruction_features"
+
+
+def eval_costs(record: dict) -> tuple[float, float | None]:
+  """(seconds of the row's evaluation without the once-only parts, seconds of its VAE's reconstructions
+  if this row computed them, else None) from an eval record: each chunked part's cost over every attempt
+  where the record has it (compute_seconds), else its wall time."""
+  wall, compute = record["wall_seconds"], record.get("compute_seconds") or {}
+  cost = wall["total"] - wall.get(ONCE_PER_PROGRAM, 0.0) - wall.get(ONCE_PER_VAE, 0.0)
+  for part, store in CHUNKED_PARTS.items():
+    if compute.get(store) is not None:
+      cost += compute[store] - wall.get(part, 0.0)
+  # Whether this row computed its VAE's reconstructions (their chunks in this attempt; in records older
+  # than the chunk counts, minutes of wall time: the other rows load them in seconds).
+  computed_here = record.get("chunks", {}).get("computed", {}).get(RECON_STORE)
+  if computed_here is None:
+    computed_here = wall.get(ONCE_PER_VAE, 0.0) > 60
+  if not computed_here:
+    return cost, None
+  return cost, compute.get(RECON_STORE) or wall.get(ONCE_PER_VAE)
 
 
 def _training_logs(run: program_runs.Run) -> list[tuple[str, str]]:
@@ -52,10 +75,10 @@ def measured_costs(root: str, results: str | None = None) -> dict[str, float]:
                                           if m.get("steps_per_sec"))
     record = run.record() if run.done() else None
     if record is not None:
-      wall = record["wall_seconds"]
-      evals.append(wall["total"] - wall.get(ONCE_PER_PROGRAM, 0.0) - wall.get(ONCE_PER_VAE, 0.0))
-      if wall.get(ONCE_PER_VAE, 0.0) > 60:  # the row that computed them (others load them in seconds)
-        recons.append(wall[ONCE_PER_VAE])
+      cost, recon = eval_costs(record)
+      evals.append(cost)
+      if recon is not None:
+        recons.append(recon)
   costs = {kind: 1.0 / statistics.median(values) for kind, values in rates.items() if values}
   if evals:
     costs["eval"] = statistics.fmean(evals)

@@ -238,6 +238,22 @@ def test_a_shared_vae_s_logs_are_copied_to_its_committed_home_and_costed_from_th
                                               ("vae", os.path.join(run.vae_workdir, "vae", "metrics.jsonl"))]
 
 
+def test_eval_costs_count_every_attempt_of_a_resumed_evaluation():
+  """c/s0's evaluation was resumed: its last attempt loaded the latents (0.02 s of sampling) that a killed
+  attempt computed in 300 s; the stores' compute_seconds put those back in the cost."""
+  wall = {"sampling": 0.02, "fid_features": 700.0, "reference_statistics": 30.0, "recon_fid_features": 650.0,
+          "figures": 10.0}
+  wall["total"] = sum(wall.values())
+  record = {"wall_seconds": wall, "compute_seconds": {"samples": 300.0, "sample_features": 720.0,
+                                                      "reconstruction_features": 900.0},
+            "chunks": {"computed": {"samples": 0, "sample_features": 2, "reconstruction_features": 3}}}
+  assert program_costs.eval_costs(record) == pytest.approx((300.0 + 720.0 + 10.0, 900.0))
+  record["chunks"]["computed"]["reconstruction_features"] = 0  # another row's reconstructions, loaded
+  assert program_costs.eval_costs(record)[1] is None
+  old = {"wall_seconds": wall}  # before compute_seconds and chunk counts: the wall times
+  assert program_costs.eval_costs(old) == pytest.approx((0.02 + 700.0 + 10.0, 650.0))
+
+
 def test_a_shared_vae_is_counted_once_in_what_is_left(tmp_path):
   """Five two-stage rows of a seed share one VAE: the first needs its steps, the others only their LDMs."""
   root = str(tmp_path / "runs")
