@@ -112,6 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
       # The real-vs-real SW2 floor: mean and sd over this many disjoint sets of training latents (one
       # draw is heavy-tailed), each against the reference latents; fewer when the training set is short.
       "sw2_floor_draws": 5,
+      # The outer fraction of ranks (half at each end) that the trimmed SW2^2 leaves out, and whose share
+      # of the untrimmed sum is reported: how much of the distance a few far samples make.
+      "sw2_tail": 0.01,
       # Fixed noise banks shared by every row and seed (cgdiff.metrics.banks): the samplers' z_T, the
       # posterior eps of each real image; bank_seed also seeds the SDE path noise and the floor's sets.
       "bank_dir": ml_collections.FieldReference(None, field_type=str),  # None: ~/.cache/cgdiff/eval_banks

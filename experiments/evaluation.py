@@ -11,7 +11,9 @@ For config.sample.score_source, sampled with config.sample.method x num_steps (M
   sw2        sliced Wasserstein-2 between the first n = min(N, n_ref) generated latents and z0 of the
              first n reference images, with a fixed seeded bank of directions; the floor (what a perfect
              model of the training set scores at this n) is the mean and sd over eval.sw2_floor_draws
-             disjoint sets of n training images' z0, each against the same reference latents.
+             disjoint sets of n training images' z0, each against the same reference latents; with it
+             the trimmed SW2^2 (without the outer eval.sw2_tail of the sorted ranks) and the tail's
+             share, for both, and the quantiles of the generated and real latents' norms.
 Noise banks (cgdiff.metrics.banks, in eval.bank_dir, seed eval.bank_seed; the same for every row and
 training seed): "prior" [N, *latent] is the samplers' z_T (all the randomness of the ODE samplers; the SDE
 samplers' path noise comes from fold_in(PRNGKey(eval.bank_seed), batch index)); "posterior_<split>"
@@ -149,11 +151,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   with timer("sw2"):
     directions = sw2.projection_bank(int(np.prod(latent_shape)), cfg.sw2_projections, seed=cfg.sw2_seed)
-    sw2_squared = sw2.sliced_wasserstein2(latents[:num_sw2], real_latents[:num_sw2], directions)
-    floor = (sw2.floor(floor_latents, real_latents[:num_sw2], directions) if floor_latents else
-             {"values": [], "mean": None, "std": None})
-  metrics = {"sw2_squared": sw2_squared, "sw2": float(np.sqrt(sw2_squared)),
-             "sw2_squared_real_vs_real_mean": floor["mean"], "sw2_squared_real_vs_real_std": floor["std"]}
+    generated = sw2.tail_split(latents[:num_sw2], real_latents[:num_sw2], directions, cfg.sw2_tail)
+    floor = (sw2.floor(floor_latents, real_latents[:num_sw2], directions, tail=cfg.sw2_tail) if floor_latents
+             else {"values": [], "mean": None, "std": None})
+    norms = _norm_tails(latents[:num_sw2], real_latents[:num_sw2])
+  no_floor = {"mean": None, "std": None}
+  metrics = {"sw2_squared": generated["squared"], "sw2": float(np.sqrt(generated["squared"])),
+             "sw2_squared_real_vs_real_mean": floor["mean"], "sw2_squared_real_vs_real_std": floor["std"],
+             "sw2_squared_trimmed": generated["trimmed"], "sw2_tail_share": generated["tail_share"],
+             "sw2_squared_trimmed_real_vs_real_mean": floor.get("trimmed", no_floor)["mean"],
+             "sw2_squared_trimmed_real_vs_real_std": floor.get("trimmed", no_floor)["std"]}
 
   decode = functools.partial(space.decode, networks.vae, networks.vae_params)
   fid_fields = {}
@@ -190,7 +197,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                "their rows of the posterior_train bank; the sets are consecutive slices of a "
                                f"permutation seeded with eval.bank_seed{floor_note}), each against the same "
                                f"{num_sw2} {split} latents"),
-                  "draws": num_floor, "draws_asked": cfg.sw2_floor_draws, **floor}},
+                  "draws": num_floor, "draws_asked": cfg.sw2_floor_draws, **floor},
+              "tail": cfg.sw2_tail,
+              "trimmed": (f"the mean over directions of the squared gaps of the central ranks only, without "
+                          f"the outer {cfg.sw2_tail:g} of them (half at each end)"),
+              "tail_share": generated["tail_share"],
+              "norms": norms},
       **fid_fields,
       "metrics": metrics,
       "stores": {k: v.directory for k, v in stores.items()},
@@ -206,6 +218,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   path = records.write_json(os.path.join(out_dir, f"{name}.json"), record)
   logging.info("eval %s: %s -> %s", name, metrics, path)
   return record
+
+
+def _norm_tails(generated: np.ndarray, real: np.ndarray,
+                quantiles: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999, 1.0)) -> dict:
+  """Quantiles of the Euclidean norms of generated and real latents ([N, ...] each) and how many
+  generated latents lie beyond the largest real norm: where SW2's far samples are."""
+  generated_norms = np.linalg.norm(generated.reshape(len(generated), -1), axis=-1)
+  real_norms = np.linalg.norm(real.reshape(len(real), -1), axis=-1)
+  return {"quantiles": list(quantiles),
+          "generated": np.quantile(generated_norms, quantiles).tolist(),
+          "real": np.quantile(real_norms, quantiles).tolist(),
+          "generated_beyond_real_max": int(np.sum(generated_norms > real_norms.max()))}
 
 
 def _fid(config, decode, samples_store, latents, reference, recon_latents, split_bank, network_hashes,

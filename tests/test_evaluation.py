@@ -96,7 +96,20 @@ def test_the_banks_and_the_sw2_protocol(trained, tmp_path):
   # pass of 8 here, of 8 + 32 in the stage): float32 rounding of O(1) values, ~1e-6 relative.
   np.testing.assert_allclose(record["metrics"]["sw2_squared"],
                              sw2.sliced_wasserstein2(latents, z0, directions), rtol=1e-5)
+  # The trimmed SW2^2 leaves out one rank at each end of 8 (tail 0.01 of 8 ranks rounds to none; at least
+  # one is left out), the same rounding as above.
+  gaps = (np.sort(latents.reshape(8, -1).astype(np.float64) @ directions.T, axis=0) -
+          np.sort(z0.reshape(8, -1).astype(np.float64) @ directions.T, axis=0)) ** 2
+  np.testing.assert_allclose(record["metrics"]["sw2_squared_trimmed"], gaps[1:-1].mean(), rtol=1e-5)
+  np.testing.assert_allclose(record["metrics"]["sw2_tail_share"], 1 - gaps[1:-1].sum() / gaps.sum(), rtol=1e-4)
+  norms = record["sw2"]["norms"]
+  np.testing.assert_allclose(norms["generated"][-1], np.linalg.norm(latents.reshape(8, -1), axis=-1).max(),
+                             rtol=1e-6)
+  assert norms["generated_beyond_real_max"] == int(np.sum(np.linalg.norm(latents.reshape(8, -1), axis=-1) >
+                                                          norms["real"][-1]))
   floor = record["sw2"]["real_vs_real"]
+  assert len(floor["trimmed"]["values"]) == 4
+  assert record["metrics"]["sw2_squared_trimmed_real_vs_real_mean"] == floor["trimmed"]["mean"]
   assert floor["draws"] == 4 and floor["draws_asked"] == 5  # 32 training images hold 4 sets of 8
   assert len(floor["values"]) == 4 and floor["mean"] == pytest.approx(np.mean(floor["values"]), rel=1e-12)
   assert record["metrics"]["sw2_squared_real_vs_real_std"] == pytest.approx(np.std(floor["values"], ddof=1),

