@@ -44,6 +44,36 @@ def test_the_lowest_mean_fid_is_set_beside_002_s_lowest(tmp_path):
       "(b) Tweedie on LSI-shaped latent (a's VAE); ours is 0.97 times 002's.")
 
 
+def tails_record(seed: int, sw2_squared: float, trimmed: float, share: float, beyond: int) -> dict:
+  record = eval_record(10.0, [1e-4, 3e-4])
+  record["config"] = {"seed": seed}
+  record["metrics"].update(sw2_squared=sw2_squared, sw2_squared_real_vs_real_mean=2e-4, sw2_squared_trimmed=trimmed,
+                           sw2_squared_trimmed_real_vs_real_mean=1e-4, sw2_tail_share=share)
+  record["sw2"].update(tail=0.01, num_samples=10000, norms={"generated_beyond_real_max": beyond})
+  record["sw2"]["real_vs_real"]["tail_share"] = {"values": [0.1, 0.3]}
+  return record
+
+
+def test_the_sw2_tails_table_reads_each_seed_against_its_own_floor(tmp_path):
+  for row, records in (("c", [tails_record(0, 2e-3, 3e-4, 0.8, 10), tails_record(1, 6e-3, 5e-4, 0.9, 30)]),
+                       ("lsi", [eval_record(9.0, [1e-4])])):
+    for seed, record in enumerate(records):
+      os.makedirs(tmp_path / row / f"s{seed}")
+      json.dump(record, open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
+  table = tables.sw2_tails_table(tables.fmnist_records(str(tmp_path)))
+  (row,) = [line for line in table.splitlines() if line.startswith("| (c)")]
+  # SW2^2 / floor 10 and 30 (mean 20, sd 14.1); trimmed / trimmed floor 3 and 5 (4, sd 1.4); shares 0.8, 0.9;
+  # the floor's 4 shares 0.1, 0.3, 0.1, 0.3 (0.2, sd 0.115); beyond: 10 and 30.
+  assert row == "| (c) two-stage Tweedie LDM (reg. KL) | 20.0 ± 14.1 (2) | 4.0 ± 1.4 (2) | 0.85 ± 0.07 (2) | 0.20 ± 0.12 (4) | 20 ± 14 (2) |"
+  assert not any(line.startswith("| two-stage LSI") for line in table.splitlines())
+  assert table.endswith("leaves it out. Records without the split (evaluated before it was recorded): lsi s?.")
+  bad = tails_record(0, 2e-3, 3e-4, 0.8, 10)
+  bad["sw2"]["tail"] = 0.02
+  json.dump(bad, open(tmp_path / "lsi" / "s0" / "ldm_rk4_10_n10000.json", "w"))
+  with pytest.raises(ValueError, match="different tails"):
+    tables.sw2_tails_table(tables.fmnist_records(str(tmp_path)))
+
+
 def test_the_command_reads_a_results_directory_and_names_a_missing_record(tmp_path, capsys):
   directory = tmp_path / "c" / "s0"
   os.makedirs(directory)
