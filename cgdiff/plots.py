@@ -261,7 +261,8 @@ def plot_gates_by_model(log_snr: np.ndarray, profiles: Mapping[str, list[Mapping
 
 def plot_sampler_study(rows: list[Mapping], path: str, title: str = "") -> str:
   """FID and SW2^2 against NFE (log scale), one series per sampler. rows: dicts with sampler, nfe, fid
-  (or None), sw2_squared and sw2_squared_floor_mean (drawn as the SW2 panel's floor). Returns the path."""
+  (or None), sw2_squared and sw2_squared_floor_mean (drawn as the SW2 panel's floor), and optionally
+  sw2_squared_trimmed (dashed, same colour). Returns the path."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
   samplers = list(dict.fromkeys(r["sampler"] for r in rows))
   for i, name in enumerate(samplers):
@@ -271,7 +272,13 @@ def plot_sampler_study(rows: list[Mapping], path: str, title: str = "") -> str:
       values = [r[key] for r in mine]
       if all(v is not None for v in values):
         ax.plot(nfe, values, marker="o", color=f"C{i}", label=name)
-  axes[1].axhline(rows[0]["sw2_squared_floor_mean"], color="k", linestyle="--", label="real vs real (mean)")
+    trimmed = [r.get("sw2_squared_trimmed") for r in mine]
+    if all(v is not None for v in trimmed):
+      axes[1].plot(nfe, trimmed, marker=".", linestyle="--", color=f"C{i}")
+  axes[1].axhline(rows[0]["sw2_squared_floor_mean"], color="k", linestyle="-", label="real vs real (mean)")
+  if rows[0].get("sw2_squared_trimmed_floor_mean") is not None:
+    axes[1].axhline(rows[0]["sw2_squared_trimmed_floor_mean"], color="k", linestyle="--",
+                    label="real vs real, trimmed (dashed: trimmed)")
   for ax, label in ((axes[0], "FID"), (axes[1], "SW2^2 of the latents")):
     ax.set_xscale("log")
     ax.set_xlabel("NFE")

@@ -28,7 +28,9 @@ assert os.path.islink(os.path.join(workdir, "ldm")), "the trained stage is linke
 os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
 name = os.path.join(workdir, "eval", f"ldm_{method}_{steps}_n{n}")
 record = {"stage": "eval", "sampler": method, "steps": steps, "nfe": 4 * steps, "wall_seconds": {"sampling": 1.0},
-          "metrics": {"fid": float(steps), "sw2_squared": 1e-3, "sw2_squared_real_vs_real_mean": 3e-4}}
+          "metrics": {"fid": float(steps), "sw2_squared": 1e-3, "sw2_squared_real_vs_real_mean": 3e-4,
+                      "sw2_squared_trimmed": 5e-4, "sw2_squared_trimmed_real_vs_real_mean": 2e-4},
+          "sw2": {"tail": 0.01, "norms": {"generated_beyond_real_max": 100 // steps}}}
 json.dump(record, open(name + ".json", "w"))
 open(name + "_grid.png", "wb").write(b"png")
 open(os.path.join(os.path.dirname(workdir), "calls.txt"), "a").write(f"{method}_{steps}\n")
@@ -80,7 +82,8 @@ def test_the_study_runs_every_sampler_once_from_the_row_s_trained_stages_and_res
   study = json.load(open(os.path.join(out_dir, "study.json")))
   assert [(r["sampler"], r["steps"]) for r in study["samplers"]] == list(sampler_study.SAMPLERS)
   assert os.path.exists(os.path.join(out_dir, "study.png"))
-  assert "| rk4 | 5 | 20 | 5.00 | 1.00e-03 | 1 |" in sampler_study.table(out_dir)
+  assert "| rk4 | 5 | 20 | 5.00 | 1.00e-03 | 5.00e-04 | 20 | 1 |" in sampler_study.table(out_dir)
+  assert "trimmed: 2.00e-04 (the trimmed SW2^2 leaves out the outer 0.01 of" in sampler_study.table(out_dir)
   sampler_study.run_study("c", 0, str(root), str(results))  # everything evaluated: nothing runs again
   assert len(open(root / "sampler_study" / "calls.txt").read().split()) == len(sampler_study.SAMPLERS)
 
