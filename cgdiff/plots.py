@@ -81,9 +81,10 @@ def image_grid(images: np.ndarray, nrow: int = 8) -> np.ndarray:
   return grid
 
 
-def plot_image_grid(images: np.ndarray, path: str, nrow: int = 8, title: str = "") -> str:
-  """An nrow x nrow grid (001 section 6.4) of images [N, H, W, C] in [-1, 1] as a PNG."""
-  grid = image_grid(images[: nrow * nrow], nrow)
+def plot_image_grid(images: np.ndarray, path: str, nrow: int = 8, title: str = "", ncol: int | None = None) -> str:
+  """An nrow x ncol grid (default square, 001 section 6.4) of the first images [N, H, W, C] in [-1, 1] as a
+  PNG, row by row."""
+  grid = image_grid(images[: nrow * (ncol or nrow)], nrow)
   fig, ax = plt.subplots(figsize=(grid.shape[1] / 40, grid.shape[0] / 40 + (0.3 if title else 0)))
   ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray" if grid.shape[-1] == 1 else None,
             interpolation="nearest")

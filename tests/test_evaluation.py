@@ -5,6 +5,7 @@ resumes to the same record and the same bits."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -13,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from cgdiff import chunks
+from cgdiff import chunks, records
 from cgdiff.metrics import banks, inception_weights, sw2
-from experiments import common, evaluation, sampling
+from experiments import common, evaluation, far_latents, sampling
 from experiments import run as run_lib
 from test_pipeline import tiny_images
 
@@ -209,3 +210,40 @@ def test_rows_on_one_vae_share_the_reconstruction_features(fid_runs):
   assert other_sampler["metrics"]["recon_fid"] == uninterrupted["metrics"]["recon_fid"]
   assert other_sampler["recon_fid"]["vae_sha256"] == uninterrupted["networks"]["vae_sha256"]
   assert other_sampler["metrics"]["fid"] != uninterrupted["metrics"]["fid"]  # other samples
+
+
+def test_far_latents_integrates_the_far_rows_again_from_their_bank_noise(trained, tmp_path):
+  """experiments.far_latents on a tiny evaluated run: with the real maximum norm set under the generated
+  median (the tiny model has no far latents of its own), about half the rows are far; the eval's own
+  steps reproduce the stored latents, so the first entry's statistics are those of the stored rows; the
+  finest integration is at distance 0 from itself. A stochastic sampler's run is refused."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained, workdir)
+  config = eval_config(str(tmp_path / "banks"), str(tmp_path / "cache"))
+  config.sample.method, config.sample.num_steps = "rk4", 2
+  record = evaluation.run(config, workdir)
+  latents = chunks.ChunkStore(record["stores"]["samples"]).array("latents", None, total=record["num_samples"],
+                                                                 chunk=4)
+  latent_norms = far_latents.norms(latents)
+  real_max = float(np.median(latent_norms))
+  record["sw2"]["norms"]["real"][-1] = real_max
+  (path,) = glob.glob(os.path.join(workdir, "eval", "*_rk4_2_n*.json"))
+  records.write_json(path, record)
+  study, images = far_latents.study(config, workdir, "tiny")
+  far = np.flatnonzero(latent_norms > real_max)
+  assert study["far_rows"] == far.tolist() and len(study["control_rows"]) == min(len(far), 8 - len(far))
+  assert not set(study["control_rows"]) & set(study["far_rows"])
+  assert study["reproduced_max_abs_difference"] < 1e-5  # float32 batching of per-row maths
+  first, last = study["by_steps"][0], study["by_steps"][-1]
+  assert [e["steps"] for e in study["by_steps"]] == [2 * f for f in far_latents.STEP_FACTORS]
+  assert first["far"]["beyond_real_max"] == len(far) and first["nfe"] == record["nfe"]
+  np.testing.assert_allclose(first["far"]["norm_quantiles"][-1], latent_norms[far].max(), rtol=1e-5)
+  assert last["far"]["mean_distance_to_finest"] == 0.0
+  assert images.shape[0] == min(len(far), 8) * len(far_latents.STEP_FACTORS)
+  assert study["stage"] == "far_latents"
+  config.sample.method = "heun_pc"
+  evaluation.run(config, workdir)
+  for path in glob.glob(os.path.join(workdir, "eval", "*rk4*.json")):
+    os.remove(path)
+  with pytest.raises(SystemExit, match="stochastic heun_pc"):
+    far_latents.study(config, workdir, "tiny")

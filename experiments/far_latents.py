@@ -1,0 +1,156 @@
+"""Far latents: are the generated latents that lie beyond the largest real latent norm made by the
+sampler's discretisation or by the score network itself?
+
+    python -m experiments.far_latents c --seed 1   # -> <results>/far_latents/c_s1.json and .png
+
+For one run of the program that finished on this machine (its checkpoints and its eval sample store are
+here): the rows of the prior bank whose eval latents (the record's sampler, e.g. RK4 x 10) lie beyond the
+largest norm of the real test latents ("far"), and as many other rows drawn at random ("control"), are
+integrated again from the same z_T with the same ODE sampler at 1, 2, 4 and 8 times the eval's steps. If the
+far latents come back into the real range as the steps grow, they are discretisation error of the eval's
+sampler; if they stay far, the learned probability-flow ODE itself carries them there. The run at the
+eval's own steps must reproduce the stored latents (checked). Each record lists, per step count, the norm
+quantiles of both groups, how many lie beyond the real maximum, and their mean distance to the finest
+integration; the figure decodes 8 far rows at each step count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from cgdiff import chunks, plots, records, samplers
+from cgdiff.metrics import banks
+from experiments import fmnist_rows, latent_space, program, program_runs, sampling
+
+STEP_FACTORS = (1, 2, 4, 8)
+BATCH_SIZE = 64
+QUANTILES = (0.5, 0.9, 1.0)
+
+
+def run_config(run: program_runs.Run):
+  """The config the program ran `run` with: the row's, at its seed, on its VAE's workdir."""
+  config = run.row.get_config()
+  config.seed = run.seed
+  if run.vae_workdir:
+    config.vae_workdir = run.vae_workdir
+  return config
+
+
+def norms(latents: np.ndarray) -> np.ndarray:
+  return np.linalg.norm(latents.reshape(len(latents), -1), axis=-1)
+
+
+def group_summary(latents: np.ndarray, finest: np.ndarray, real_max: float) -> dict:
+  """Norm quantiles, the count beyond the real maximum and the mean distance to the finest integration."""
+  group_norms = norms(latents)
+  return {"norm_quantiles": np.quantile(group_norms, QUANTILES).tolist(),
+          "beyond_real_max": int(np.sum(group_norms > real_max)),
+          "mean_distance_to_finest": float(np.mean(norms(latents - finest)))}
+
+
+def study(config, workdir: str, name: str, seed: int = 0) -> tuple[dict, np.ndarray]:
+  """The record of the run in `workdir` (trained and evaluated with `config`; `name` names it) and up to
+  8 far rows (the farthest) decoded at every step count, [rows x len(STEP_FACTORS), H, W, C], a row's
+  step counts next to each other. `seed` draws the control rows."""
+  record = program_runs.eval_record(workdir)
+  if record is None:
+    raise SystemExit(f"{name}: no eval record in {workdir}/eval.")
+  method, steps, total = record["sampler"], record["steps"], record["num_samples"]
+  if samplers.METHODS[method].stochastic:
+    raise SystemExit(f"{name} was evaluated with the stochastic {method}: its latents are not a function "
+                     "of z_T alone, so there is no trajectory to integrate again.")
+  if "norms" not in record["sw2"]:
+    raise SystemExit(f"{name}: its eval record has no latent norms; run its eval stage again first.")
+  cfg = config.eval
+  store = chunks.ChunkStore(record["stores"]["samples"])
+  stored = store.array("latents", None, total=total, chunk=chunks.round_up(cfg.chunk_size, cfg.batch_size))
+  prior = banks.noise_bank(cfg.bank_dir, "prior", stored.shape, cfg.bank_seed)
+  if prior.sha256 != record["banks"]["prior"]["sha256"]:
+    raise SystemExit(f"{name}: the prior bank here ({prior.sha256[:12]}) is not the one its record names.")
+  real_max = record["sw2"]["norms"]["real"][-1]
+  num_sw2 = record["sw2"]["num_samples"]
+  far = np.flatnonzero(norms(stored[:num_sw2]) > real_max)
+  if len(far) == 0:
+    raise SystemExit(f"{name}: no generated latent lies beyond the real maximum norm {real_max:.3g}.")
+  others = np.setdiff1d(np.arange(num_sw2), far)
+  control = np.sort(np.random.default_rng(seed).choice(others, size=min(len(far), len(others)), replace=False))
+  rows = np.concatenate([far, control])
+
+  networks = sampling.trained_networks(config, workdir)
+  key = jax.random.PRNGKey(0)  # unused by the ODE samplers
+  integrated = {}
+  for factor in STEP_FACTORS:
+    program.log(f"far latents {name}: {len(rows)} rows, {method} x {steps * factor}")
+    run_batch = sampling.batch_sampler(config, networks, method=method, num_steps=steps * factor,
+                                       batch_size=BATCH_SIZE)
+    integrated[factor] = sampling.sample_rows(run_batch, key, BATCH_SIZE, 0, len(rows), prior.noise[rows])
+  # The eval's own steps again, in other batches: the same latents up to float32 batching (per-row maths).
+  again = np.max(np.abs(integrated[1] - stored[rows]))
+  scale = np.max(np.abs(stored[rows]))
+  if again > 1e-3 * scale:
+    raise SystemExit(f"{name}: {method} x {steps} from the bank does not reproduce the stored latents "
+                     f"(max |difference| {again:.3g} against max |latent| {scale:.3g}).")
+  finest = integrated[STEP_FACTORS[-1]]
+  groups = {"far": slice(0, len(far)), "control": slice(len(far), len(rows))}
+  nfe_per_step = record["nfe"] // steps
+  by_steps = [{"steps": steps * factor, "nfe": nfe_per_step * steps * factor,
+               **{group: group_summary(integrated[factor][part], finest[part], real_max)
+                  for group, part in groups.items()}} for factor in STEP_FACTORS]
+  space = latent_space.of(config)
+  shown = far[np.argsort(-norms(stored[far]))[:8]] if len(far) >= 8 else far
+  index = [int(np.flatnonzero(rows == r)[0]) for r in shown]
+  # [far row, step count, H, W, C] -> one picture row per far latent, one column per step count.
+  images = np.stack([np.asarray(space.decode(networks.vae, networks.vae_params, integrated[f][index]))
+                     for f in STEP_FACTORS], axis=1)
+  images = images.reshape((-1,) + images.shape[2:])
+  fields = {"run": name, "eval_record": {"sampler": method, "steps": steps, "num_samples": total,
+                                             "git_commit": record["git_commit"]},
+            "real_max_norm": real_max, "num_compared": num_sw2, "far_rows": far.tolist(),
+            "control_rows": control.tolist(), "control_seed": seed,
+            "reproduced_max_abs_difference": float(again), "by_steps": by_steps,
+            "figure_rows": [int(r) for r in shown]}
+  return records.run_record(config, stage="far_latents", **fields), images
+
+
+def table(record: dict) -> str:
+  lines = [f"{record['run']}: {len(record['far_rows'])} of {record['num_compared']} latents beyond the real "
+           f"max norm {record['real_max_norm']:.2f} at {record['eval_record']['sampler']} x "
+           f"{record['eval_record']['steps']}; as many control rows.",
+           "| steps | far: median norm | far: max norm | far: beyond real max | far: distance to finest | "
+           "control: max norm | control: beyond real max | control: distance to finest |",
+           "| --- |" + " --- |" * 7]
+  for entry in record["by_steps"]:
+    far, control = entry["far"], entry["control"]
+    lines.append(f"| {entry['steps']} | {far['norm_quantiles'][0]:.2f} | {far['norm_quantiles'][-1]:.2f} | "
+                 f"{far['beyond_real_max']} | {far['mean_distance_to_finest']:.3g} | "
+                 f"{control['norm_quantiles'][-1]:.2f} | {control['beyond_real_max']} | "
+                 f"{control['mean_distance_to_finest']:.3g} |")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("row", choices=sorted(fmnist_rows.BY_NAME))
+  parser.add_argument("--seed", type=int, required=True)
+  parser.add_argument("--root", default=program.DEFAULT_ROOT)
+  parser.add_argument("--results", default=program.DEFAULT_RESULTS)
+  args = parser.parse_args(argv)
+  run = program_runs.Run(fmnist_rows.BY_NAME[args.row], args.seed, args.root, args.results)
+  if not run.finished_here():
+    raise SystemExit(f"{run.name} did not finish on this machine: its checkpoints and samples are not here.")
+  record, images = study(run_config(run), run.workdir, run.name)
+  out = os.path.join(args.results, "far_latents", f"{args.row}_s{args.seed}")
+  records.write_json(out + ".json", record)
+  plots.plot_image_grid(images, out + ".png", nrow=len(images) // len(STEP_FACTORS), ncol=len(STEP_FACTORS),
+                        title=f"{run.name}: the farthest latents, {record['eval_record']['sampler']} x "
+                              + ", ".join(str(e["steps"]) for e in record["by_steps"]) + " (columns)")
+  print(table(record))
+
+
+if __name__ == "__main__":
+  main()
