@@ -177,6 +177,36 @@ def sw2_tails_table(records: dict[str, list[dict[str, Any]]]) -> str:
   return "\n".join(lines)
 
 
+def far_latents_table(results: str = FMNIST_RESULTS) -> str:
+  """The records of `python -m experiments.far_latents` (<results>/far_latents/*.json), in table order:
+  for each run, its latents beyond the largest real norm at its eval's sampler and steps, how many of
+  those rows lie beyond it again when integrated with the most steps, their median norm and mean distance
+  to that finest integration at the eval's steps, and the control rows beyond it ('' without records)."""
+  order = {row.name: i for i, row in enumerate(fmnist_rows.ROWS)}
+  found = []
+  for path in glob.glob(os.path.join(results, "far_latents", "*.json")):
+    with open(path) as f:
+      found.append(json.load(f))
+  if not found:
+    return ""
+  found.sort(key=lambda r: (order.get(r["run"].split("/")[0], len(order)), r["run"]))
+  lines = ["| run | sampler | far latents | far at the most steps | far: median norm, eval's steps -> most "
+           "| far: distance to the most steps | control rows beyond the real max |",
+           "| --- |" + " --- |" * 6]
+  for r in found:
+    first, last = r["by_steps"][0], r["by_steps"][-1]
+    lines.append(f"| {r['run']} | {r['eval_record']['sampler']} x {first['steps']} (most: {last['steps']}) | "
+                 f"{first['far']['beyond_real_max']} of {r['num_compared']} | {last['far']['beyond_real_max']} | "
+                 f"{first['far']['norm_quantiles'][0]:.2f} -> {last['far']['norm_quantiles'][0]:.2f} | "
+                 f"{first['far']['mean_distance_to_finest']:.3f} | "
+                 f"{first['control']['beyond_real_max']} -> {last['control']['beyond_real_max']} of "
+                 f"{len(r['control_rows'])} |")
+  lines.append("\nFar: beyond the largest norm of the real test latents (`python -m experiments.far_latents ROW "
+               "--seed S`); the same rows integrated again from their prior-bank noise with more steps of the "
+               "same sampler.")
+  return "\n".join(lines)
+
+
 def best_fid_line(records: dict[str, list[dict[str, Any]]]) -> str:
   """Our lowest mean FID at RK4 x 10 (40 NFE) over the rows, beside 002's lowest in Table 1 (the same
   sampler and NFE)."""
@@ -273,8 +303,9 @@ def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
 def fmnist_tables(results: str = FMNIST_RESULTS) -> str:
   """The results, claims and diagnosis tables of a results directory (README "Results")."""
   records = fmnist_records(results)
-  return "\n\n".join([fmnist_table(records), best_fid_line(records), sw2_tails_table(records), claims_table(records),
-                      diagnose_table(fmnist_records(results, stage="diagnose"))])
+  parts = [fmnist_table(records), best_fid_line(records), sw2_tails_table(records), far_latents_table(results),
+           claims_table(records), diagnose_table(fmnist_records(results, stage="diagnose"))]
+  return "\n\n".join(part for part in parts if part)
 
 
 def readme_with_tables(text: str, tables: str) -> str:

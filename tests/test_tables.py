@@ -193,3 +193,22 @@ def test_the_readme_s_tables_are_those_of_the_committed_records():
     text = f.read()
   assert tables.readme_with_tables(text, tables.fmnist_tables(os.path.join(repo, tables.FMNIST_RESULTS))) == text, (
       "README.md's tables are not those of experiments/results/fmnist: python -m experiments.tables --readme README.md")
+
+
+def far_record(run: str, far: list[int], beyond: tuple[int, int], medians: tuple[float, float]) -> dict:
+  entry = lambda i, steps: {"steps": steps, "far": {"beyond_real_max": beyond[i], "norm_quantiles": [medians[i], 0, 0],
+                                                    "mean_distance_to_finest": 0.5 * (1 - i)},
+                            "control": {"beyond_real_max": 0}}
+  return {"run": run, "eval_record": {"sampler": "rk4"}, "num_compared": 100, "far_rows": far,
+          "control_rows": far, "by_steps": [entry(0, 10), entry(1, 80)]}
+
+
+def test_the_far_latents_table_lists_the_records_in_table_order(tmp_path):
+  assert tables.far_latents_table(str(tmp_path)) == ""
+  os.makedirs(tmp_path / "far_latents")
+  for run in ("lsi/s1", "c/s1"):
+    json.dump(far_record(run, [3, 7], (2, 1), (20.0, 18.5)),
+              open(tmp_path / "far_latents" / f"{run.replace('/', '_')}.json", "w"))
+  lines = tables.far_latents_table(str(tmp_path)).splitlines()
+  assert [line.split(" | ")[0] for line in lines[2:4]] == ["| c/s1", "| lsi/s1"]
+  assert lines[2] == "| c/s1 | rk4 x 10 (most: 80) | 2 of 100 | 1 | 20.00 -> 18.50 | 0.500 | 0 -> 0 of 2 |"
