@@ -102,14 +102,14 @@ def study(config, workdir: str, name: str, seed: int = 0) -> tuple[dict, np.ndar
                **{group: group_summary(integrated[factor][part], finest[part], real_max)
                   for group, part in groups.items()}} for factor in STEP_FACTORS]
   space = latent_space.of(config)
-  shown = far[np.argsort(-norms(stored[far]))[:8]] if len(far) >= 8 else far
+  shown = far[np.argsort(-norms(stored[far]))[:8]]  # the farthest first
   index = [int(np.flatnonzero(rows == r)[0]) for r in shown]
   # [far row, step count, H, W, C] -> one picture row per far latent, one column per step count.
   images = np.stack([np.asarray(space.decode(networks.vae, networks.vae_params, integrated[f][index]))
                      for f in STEP_FACTORS], axis=1)
   images = images.reshape((-1,) + images.shape[2:])
   fields = {"run": name, "eval_record": {"sampler": method, "steps": steps, "num_samples": total,
-                                             "git_commit": record["git_commit"]},
+                                         "git_commit": record["git_commit"]},
             "real_max_norm": real_max, "num_compared": num_sw2, "far_rows": far.tolist(),
             "control_rows": control.tolist(), "control_seed": seed,
             "reproduced_max_abs_difference": float(again), "by_steps": by_steps,
