@@ -17,20 +17,20 @@ import sys
 import numpy as np
 
 from cgdiff import plots
-from experiments import fmnist_rows, tables
+from experiments import fmnist_rows, fmnist_tables
 
 
-def gates_by_row(results: str = tables.FMNIST_RESULTS) -> str:
+def gates_by_row(results: str = fmnist_tables.FMNIST_RESULTS) -> str:
   """Writes <results>/figures/gates_by_row.png from the rows' diagnose records; returns its path.
 
   Raises:
     FileNotFoundError: no row under `results` has a diagnose record.
     ValueError: the records were made at different times, splits or numbers of posteriors.
   """
-  records = tables.fmnist_records(results, stage="diagnose")
+  records = fmnist_tables.fmnist_records(results, stage="diagnose")
   if not records:
     raise FileNotFoundError(f"no diagnose record under {results}/<row>/s<seed>/diagnose/.")
-  tables.diagnose_settings(records)
+  fmnist_tables.diagnose_settings(records)
   first = next(iter(records.values()))[0]
   profiles = {fmnist_rows.BY_NAME[row].label: [{k: np.asarray(v) for k, v in r["gates"].items()} for r in seeds]
               for row, seeds in records.items()}

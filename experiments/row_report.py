@@ -22,7 +22,7 @@ import statistics
 from typing import Any, Sequence
 
 from cgdiff.train import writers
-from experiments import fmnist_rows, program_runs, tables
+from experiments import fmnist_rows, fmnist_tables, program_runs
 
 # The final loss is the mean of this many logged intervals (the last 1,100 steps at log_every = 100):
 # one interval's mean over 100 batches still moves by a few per cent.
@@ -57,7 +57,7 @@ def training_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
-def report(row: str, seed: int, results: str = tables.FMNIST_RESULTS) -> dict[str, Any]:
+def report(row: str, seed: int, results: str = fmnist_tables.FMNIST_RESULTS) -> dict[str, Any]:
   """Everything `main` prints, as data."""
   run = program_runs.Run(fmnist_rows.BY_NAME[row], seed, "", results)
   record = run.committed_record()
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("row", choices=sorted(fmnist_rows.BY_NAME))
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--results", default=tables.FMNIST_RESULTS)
+  parser.add_argument("--results", default=fmnist_tables.FMNIST_RESULTS)
   args = parser.parse_args(argv)
   facts = report(args.row, args.seed, args.results)
   print(f"{args.row}/s{args.seed}: eval " + json.dumps(facts["eval"]))

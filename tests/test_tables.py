@@ -8,7 +8,7 @@ import os
 import matplotlib.image
 import pytest
 
-from experiments import row_figures, tables
+from experiments import fmnist_tables, row_figures, tables
 
 
 def eval_record(fid: float, floor_values: list[float]) -> dict:
@@ -22,7 +22,7 @@ def test_fmnist_table_gives_mean_and_spread_over_seeds_beside_002(tmp_path):
     os.makedirs(directory / "diagnose")
     json.dump(eval_record(fid, [1e-4, 3e-4]), open(directory / "ldm_rk4_10_n10000.json", "w"))
     json.dump({"stage": "diagnose"}, open(directory / "diagnose" / "ldm.json", "w"))  # not an eval record
-  table = tables.fmnist_table(tables.fmnist_records(str(tmp_path)))
+  table = fmnist_tables.fmnist_table(fmnist_tables.fmnist_records(str(tmp_path)))
   (row,) = [line for line in table.splitlines() if line.startswith("| (c)")]
   # FIDs 10 and 12: mean 11, sample sd sqrt(2) = 1.41; the floor pools 4 draws: mean 2e-4, sd 1.15e-4.
   assert "| 5.00 ± 0.00 (2) | 11.00 ± 1.41 (2) | 2.00e-03 ± 0.0e+00 (2) | 2.00e-04 ± 1.2e-04 (4) |" in row
@@ -32,14 +32,14 @@ def test_fmnist_table_gives_mean_and_spread_over_seeds_beside_002(tmp_path):
 
 
 def test_the_lowest_mean_fid_is_set_beside_002_s_lowest(tmp_path):
-  assert tables.best_fid_line({}).endswith(
+  assert fmnist_tables.best_fid_line({}).endswith(
       "no row yet; 002's lowest: 9.26, (b) Tweedie on LSI-shaped latent (a's VAE).")
   for row, fids in (("c", (10.0, 12.0)), ("lsi", (9.0,)), ("a", (13.0, 7.0))):
     for seed, fid in enumerate(fids):
       os.makedirs(tmp_path / row / f"s{seed}")
       json.dump(eval_record(fid, [1e-4]), open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
   # Means: c 11, lsi 9 (one seed), a 10: lsi's is the lowest; 9 / 9.26 = 0.97.
-  assert tables.best_fid_line(tables.fmnist_records(str(tmp_path))) == (
+  assert fmnist_tables.best_fid_line(fmnist_tables.fmnist_records(str(tmp_path))) == (
       "Lowest mean FID at RK4 x 10 (40 NFE): 9.00 (1), two-stage LSI LDM (reg. KL); 002's lowest: 9.26, "
       "(b) Tweedie on LSI-shaped latent (a's VAE); ours is 0.97 times 002's.")
 
@@ -60,7 +60,7 @@ def test_the_sw2_tails_table_reads_each_seed_against_its_own_floor(tmp_path):
     for seed, record in enumerate(records):
       os.makedirs(tmp_path / row / f"s{seed}")
       json.dump(record, open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
-  table = tables.sw2_tails_table(tables.fmnist_records(str(tmp_path)))
+  table = fmnist_tables.sw2_tails_table(fmnist_tables.fmnist_records(str(tmp_path)))
   (row,) = [line for line in table.splitlines() if line.startswith("| (c)")]
   # SW2^2 / floor 10 and 30 (mean 20, sd 14.1); trimmed / trimmed floor 3 and 5 (4, sd 1.4); shares 0.8, 0.9;
   # the floor's 4 shares 0.1, 0.3, 0.1, 0.3 (0.2, sd 0.115); beyond: 10 and 30.
@@ -71,7 +71,7 @@ def test_the_sw2_tails_table_reads_each_seed_against_its_own_floor(tmp_path):
   bad["sw2"]["tail"] = 0.02
   json.dump(bad, open(tmp_path / "lsi" / "s0" / "ldm_rk4_10_n10000.json", "w"))
   with pytest.raises(ValueError, match="different tails"):
-    tables.sw2_tails_table(tables.fmnist_records(str(tmp_path)))
+    fmnist_tables.sw2_tails_table(fmnist_tables.fmnist_records(str(tmp_path)))
 
 
 def test_the_command_reads_a_results_directory_and_names_a_missing_record(tmp_path, capsys):
@@ -113,7 +113,7 @@ def write_diagnose_record(results, row: str, seed: int, gate_to_oracle: list[flo
 def test_diagnose_table_averages_over_times_then_seeds_and_leaves_gateless_rows_blank(tmp_path):
   for row, seed, g in (("cg_element", 0, [0.1, 0.3]), ("cg_element", 1, [0.3, 0.5]), ("c", 0, None)):
     write_diagnose_record(tmp_path, row, seed, g)
-  table = tables.diagnose_table(tables.fmnist_records(str(tmp_path), stage="diagnose"))
+  table = fmnist_tables.diagnose_table(fmnist_tables.fmnist_records(str(tmp_path), stage="diagnose"))
   (element,) = [line for line in table.splitlines()
                 if line.startswith("| two-stage critic-gate, posterior CSEM, per-element")]
   # |g - g*| averaged over the two times: 0.2 (seed 0) and 0.4 (seed 1): mean 0.3, sd 0.141.
@@ -133,7 +133,7 @@ def test_diagnose_table_refuses_records_of_different_settings(tmp_path):
               "split": "test", "gates": {"critic_vs_lsi": [1.0, 1.0]}}
     json.dump(record, open(tmp_path / row / "s0" / "diagnose" / "ldm.json", "w"))
   with pytest.raises(ValueError, match="different settings"):
-    tables.diagnose_table(tables.fmnist_records(str(tmp_path), stage="diagnose"))
+    fmnist_tables.diagnose_table(fmnist_tables.fmnist_records(str(tmp_path), stage="diagnose"))
 
 
 def test_gates_by_row_figure_from_the_diagnose_records_and_its_errors(tmp_path, capsys):
@@ -157,7 +157,7 @@ def test_claims_table_judges_each_claim_on_the_seeds_beside_002(tmp_path):
     for seed, fid in enumerate(fids):
       os.makedirs(tmp_path / row / f"s{seed}")
       json.dump(eval_record(fid, [1e-4]), open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
-  lines = tables.claims_table(tables.fmnist_records(str(tmp_path))).splitlines()
+  lines = fmnist_tables.claims_table(fmnist_tables.fmnist_records(str(tmp_path))).splitlines()
   line = lambda start: next(l for l in lines if l.startswith(start))
   # c: mean 11, sd 1.41 -> 2 x sd 2.83; lsi: 7.2 (-3.80); cg_scalar: 14.1 (+3.10); 002: 12.18 - 13.45.
   assert line("| lsi < (c) on FID |").endswith("| -3.80 | 2.83 | holds | -1.27 |")
@@ -177,7 +177,7 @@ def test_readme_tables_are_written_between_the_markers_only(tmp_path, capsys):
   assert text.startswith("# title\n\nbefore\n" + tables.README_BEGIN + "\n| method |") and text.endswith(
       f"{tables.README_END}\nafter\n")
   assert "old table" not in text and "| 10.00 (1) |" in text
-  assert text.split(tables.README_BEGIN + "\n")[1].split("\n" + tables.README_END)[0] == tables.fmnist_tables(
+  assert text.split(tables.README_BEGIN + "\n")[1].split("\n" + tables.README_END)[0] == fmnist_tables.readme_tables(
       str(tmp_path / "results"))
   tables.main(["--readme", str(readme), str(tmp_path / "results")])
   assert "already as printed" in capsys.readouterr().out.splitlines()[-1]
@@ -191,7 +191,7 @@ def test_the_readme_s_tables_are_those_of_the_committed_records():
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with open(os.path.join(repo, "README.md")) as f:
     text = f.read()
-  assert tables.readme_with_tables(text, tables.fmnist_tables(os.path.join(repo, tables.FMNIST_RESULTS))) == text, (
+  assert tables.readme_with_tables(text, fmnist_tables.readme_tables(os.path.join(repo, fmnist_tables.FMNIST_RESULTS))) == text, (
       "README.md's tables are not those of experiments/results/fmnist: python -m experiments.tables --readme README.md")
 
 
@@ -204,11 +204,11 @@ def far_record(run: str, far: list[int], beyond: tuple[int, int], medians: tuple
 
 
 def test_the_far_latents_table_lists_the_records_in_table_order(tmp_path):
-  assert tables.far_latents_table(str(tmp_path)) == ""
+  assert fmnist_tables.far_latents_table(str(tmp_path)) == ""
   os.makedirs(tmp_path / "far_latents")
   for run in ("lsi/s1", "c/s1"):
     json.dump(far_record(run, [3, 7], (2, 1), (20.0, 18.5)),
               open(tmp_path / "far_latents" / f"{run.replace('/', '_')}.json", "w"))
-  lines = tables.far_latents_table(str(tmp_path)).splitlines()
+  lines = fmnist_tables.far_latents_table(str(tmp_path)).splitlines()
   assert [line.split(" | ")[0] for line in lines[2:4]] == ["| c/s1", "| lsi/s1"]
   assert lines[2] == "| c/s1 | rk4 x 10 (most: 80) | 2 of 100 | 1 | 20.00 -> 18.50 | 0.500 | 0 -> 0 of 2 |"
