@@ -11,7 +11,8 @@ samples and evaluates, resuming whatever is done. Rows that share a VAE point at
 it. The order is seed 0 of every row, then seed 1 of every row, then a third seed of every row whose
 FID is within twice the spread between seeds of another row's (`program_runs.third_seed_rows`). A
 finished run leaves `done.json` in its workdir; its records, figures and training logs are copied to
-<results>/<row>/s<seed>/ and, with --commit, committed at once. A run whose eval record is there is done
+<results>/<row>/s<seed>/, the figures across rows (experiments.row_figures) are drawn again and, with
+--commit, all are committed at once. A run whose eval record is there is done
 on any machine, its workdir there or not. A failed run is tried again once (a
 hung one, killed by the stall watchdog, up to MAX_STALLS times), then left for the next `run` (its log
 stays in <workdir>/run.log). A SIGTERM stops the driver: it passes the signal on to the running row, which
@@ -34,7 +35,7 @@ import time
 from typing import Sequence
 
 from cgdiff.train import writers
-from experiments import common, fmnist_rows, program_costs, program_runs, tables
+from experiments import common, fmnist_rows, program_costs, program_runs, row_figures, tables
 
 DEFAULT_ROOT = "runs/fmnist"
 DEFAULT_RESULTS = "experiments/results/fmnist"
@@ -115,6 +116,16 @@ def update_readme(readme: str, results: str) -> list[str]:
         f"(python -m experiments.tables --readme {readme} {results})")
     return []
   return [readme] if tables.write_readme(readme, results) else []
+
+
+def update_figures(results: str) -> list[str]:
+  """Draws the figures across rows again from the committed records (experiments.row_figures); returns
+  their paths, or [] (logged) where the records cannot make one yet."""
+  try:
+    return [row_figures.gates_by_row(results)]
+  except (FileNotFoundError, ValueError) as error:
+    log(f"figures across rows not drawn: {error}")
+    return []
 
 
 def log(message: str) -> None:
@@ -237,7 +248,7 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
       record = program_runs.eval_record(run.workdir)
       with open(os.path.join(run.workdir, "done.json"), "w") as f:
         json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
-      written = copy_artefacts(run)
+      written = copy_artefacts(run) + update_figures(results)
       if readme:
         written += update_readme(readme, results)
       result = program_runs.summary(record) if record else "no eval record"

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from experiments import fmnist_rows, program, program_costs, program_runs, tables
+from test_tables import write_diagnose_record
 
 # A stand-in for `experiments.run`: writes an eval record with FID = 10 + seed and a training log, or
 # fails while <workdir>/fail exists (and removes it, so the retry succeeds when FAIL_ONCE is set).
@@ -294,6 +295,17 @@ def test_with_readme_each_finished_run_commits_the_readme_s_tables_too(fake_rows
   assert "README.md" not in git("show", "--name-only", "--format=", "HEAD").stdout.split()
   assert "| 10.00 (1) |" not in readme.read_text().split("two-stage LSI")[1].split("\n")[0]
   assert "has uncommitted changes: its tables are not updated" in capsys.readouterr().out
+
+
+def test_each_finished_run_draws_the_figures_across_rows_again(fake_rows, capsys):
+  repo = fake_rows / "repo"
+  git = git_repo(repo)
+  root, results = str(fake_rows / "runs"), str(repo / "results")
+  program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("c",))  # no diagnose record yet
+  assert "figures across rows not drawn: no diagnose record" in capsys.readouterr().out
+  write_diagnose_record(repo / "results", "lsi", 0, None)  # committed by an earlier run
+  program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("lsi",))
+  assert "results/figures/gates_by_row.png" in git("show", "--name-only", "--format=", "HEAD").stdout.split()
 
 
 def test_commit_takes_only_the_given_paths(tmp_path):
