@@ -1,5 +1,6 @@
 """The numbers a README paragraph about one finished row and seed cites, from its committed artefacts
-(experiments/results/fmnist/<row>/s<seed>/: the eval record, the training logs, the diagnose record).
+(experiments/results/fmnist/<row>/s<seed>/: the eval record with its SW2 split, the training logs, the
+diagnose record).
 
     python -m experiments.row_report cg_element            # seed 0
     python -m experiments.row_report a --seed 1 [--results DIR]
@@ -30,6 +31,10 @@ LAST_INTERVALS = 11
 # Logged quantities reported, where a stage logs them.
 KEYS = ("loss", "score_loss", "target_excess_over_lsi", "reconstruction", "kl", "posterior_logvar_mean",
         "gate_mean", "grad_norm")
+
+# The eval record's metrics reported (the SW2 split where the record has it: from commit 99ca4ed).
+EVAL_KEYS = ("fid", "recon_fid", "sw2_squared", "sw2_squared_real_vs_real_mean", "sw2_squared_real_vs_real_std",
+             "sw2_squared_trimmed", "sw2_squared_trimmed_real_vs_real_mean", "sw2_tail_share")
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -68,10 +73,9 @@ def report(row: str, seed: int, results: str = fmnist_tables.FMNIST_RESULTS) -> 
   diagnose = sorted(glob.glob(os.path.join(run.results_dir, "diagnose", "*.json")))
   metrics = record["metrics"]
   return {"row": row, "seed": seed,
-          "eval": {key: metrics.get(key) for key in ("fid", "recon_fid", "sw2_squared",
-                                                     "sw2_squared_real_vs_real_mean",
-                                                     "sw2_squared_real_vs_real_std")}
-          | {"wall_seconds": record["wall_seconds"]["total"], "training_step": record.get("training_step")},
+          "eval": {key: metrics.get(key) for key in EVAL_KEYS if key in metrics}
+          | {"beyond_real_max": record["sw2"].get("norms", {}).get("generated_beyond_real_max"),
+             "wall_seconds": record["wall_seconds"]["total"], "training_step": record.get("training_step")},
           "training": training,
           "diagnose": _read_json(diagnose[-1]) if diagnose else None}
 
