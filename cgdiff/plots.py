@@ -260,6 +260,24 @@ def plot_gates_by_model(log_snr: np.ndarray, profiles: Mapping[str, list[Mapping
   return _save(fig, path)
 
 
+def plot_image_panels(images: Mapping[str, np.ndarray], path: str, ncols: int = 4, title: str = "") -> str:
+  """Pictures side by side, each under its label (images: {label: [H, W] or [H, W, C] array, as read from
+  a PNG}), ncols to a row. Returns the path."""
+  if not images:
+    raise ValueError("no images to draw.")
+  nrows = -(-len(images) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.5 * nrows), squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, (label, image) in zip(axes.flat, images.items()):
+    ax.imshow(image, cmap="gray" if np.ndim(image) == 2 else None, interpolation="nearest")
+    ax.set_title(label, fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
 def plot_sampler_study(rows: list[Mapping], path: str, title: str = "") -> str:
   """FID and SW2^2 against NFE (log scale), one series per sampler. rows: dicts with sampler, nfe, fid
   (or None), sw2_squared and sw2_squared_floor_mean (drawn as the SW2 panel's floor), and optionally

@@ -121,11 +121,13 @@ def update_readme(readme: str, results: str) -> list[str]:
 def update_figures(results: str) -> list[str]:
   """Draws the figures across rows again from the committed records (experiments.row_figures); returns
   their paths, or [] (logged) where the records cannot make one yet."""
-  try:
-    return [row_figures.gates_by_row(results)]
-  except (FileNotFoundError, ValueError) as error:
-    log(f"figures across rows not drawn: {error}")
-    return []
+  paths = []
+  for figure in row_figures.FIGURES:
+    try:
+      paths.append(figure(results))
+    except (FileNotFoundError, ValueError) as error:
+      log(f"figures across rows: {figure.__name__} not drawn: {error}")
+  return paths
 
 
 def log(message: str) -> None:

@@ -302,7 +302,9 @@ def test_each_finished_run_draws_the_figures_across_rows_again(fake_rows, capsys
   git = git_repo(repo)
   root, results = str(fake_rows / "runs"), str(repo / "results")
   program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("c",))  # no diagnose record yet
-  assert "figures across rows not drawn: no diagnose record" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "figures across rows: gates_by_row not drawn: no diagnose record" in out
+  assert "samples_by_row not drawn: " in out and "not a readable PNG" in out  # the stand-in's grid is b"png"
   write_diagnose_record(repo / "results", "lsi", 0, None)  # committed by an earlier run
   program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("lsi",))
   assert "results/figures/gates_by_row.png" in git("show", "--name-only", "--format=", "HEAD").stdout.split()

@@ -141,11 +141,17 @@ def test_gates_by_row_figure_from_the_diagnose_records_and_its_errors(tmp_path, 
     row_figures.main([str(tmp_path)])
   for row, seed, g in (("cg_element", 0, [0.1, 0.3]), ("cg_element", 1, [0.3, 0.5]), ("c", 0, None)):
     write_diagnose_record(tmp_path, row, seed, g)
+  with pytest.raises(SystemExit, match="no sample grid under"):  # the gates figure is drawn all the same
+    row_figures.main([str(tmp_path)])
+  assert capsys.readouterr().out.strip() == str(tmp_path / "figures" / "gates_by_row.png")
+  for row in ("c", "cg_element"):
+    matplotlib.image.imsave(tmp_path / row / "s0" / "ldm_rk4_10_n10000_grid.png", [[0.0, 1.0], [1.0, 0.0]])
   row_figures.main([str(tmp_path)])
-  path = capsys.readouterr().out.strip()
-  assert path == str(tmp_path / "figures" / "gates_by_row.png")
-  image = matplotlib.image.imread(path)
-  assert image.shape[0] * image.shape[1] >= 200 * 150 and image.std() > 0.01
+  paths = capsys.readouterr().out.split()
+  assert paths == [str(tmp_path / "figures" / name) for name in ("gates_by_row.png", "samples_by_row.png")]
+  for path in paths:
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] * image.shape[1] >= 200 * 150 and image.std() > 0.01
   record = json.load(open(tmp_path / "c" / "s0" / "diagnose" / "ldm.json"))
   json.dump({**record, "times": [0.001, 0.9]}, open(tmp_path / "c" / "s0" / "diagnose" / "ldm.json", "w"))
   with pytest.raises(SystemExit, match="different settings"):
