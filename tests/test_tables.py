@@ -162,14 +162,16 @@ def test_claims_table_judges_each_claim_on_the_seeds_beside_002(tmp_path):
   for row, fids in (("c", (10.0, 12.0)), ("lsi", (7.0, 7.4)), ("cg_scalar", (14.0, 14.2)), ("cg_element", (9.0,))):
     for seed, fid in enumerate(fids):
       os.makedirs(tmp_path / row / f"s{seed}")
-      json.dump(eval_record(fid, [1e-4]), open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
+      json.dump({**eval_record(fid, [1e-4]), "config": {"seed": seed}},
+                open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
   lines = fmnist_tables.claims_table(fmnist_tables.fmnist_records(str(tmp_path))).splitlines()
   line = lambda start: next(l for l in lines if l.startswith(start))
   # c: mean 11, sd 1.41 -> 2 x sd 2.83; lsi: 7.2 (-3.80); cg_scalar: 14.1 (+3.10); 002: 12.18 - 13.45.
-  assert line("| lsi < (c) on FID |").endswith("| -3.80 | 2.83 | holds | -1.27 |")
-  assert line("| cg_scalar < (c) on FID |").endswith("| 3.10 | 2.83 | reversed | - |")
-  assert line("| cg_element < (c) on FID |").endswith("| -2.00 | - | needs 2 seeds | - |")
-  assert line("| (a) < (c) on FID |").endswith("| - | - | needs 2 seeds | -4.06 |")
+  # Per seed: lsi - c 7 - 10 and 7.4 - 12; cg_scalar - c 14 - 10 and 14.2 - 12; cg_element - c at seed 0 only.
+  assert line("| lsi < (c) on FID |").endswith("| -3.80 | 2.83 | holds | s0: -3.00, s1: -4.60 | -1.27 |")
+  assert line("| cg_scalar < (c) on FID |").endswith("| 3.10 | 2.83 | reversed | s0: 4.00, s1: 2.20 | - |")
+  assert line("| cg_element < (c) on FID |").endswith("| -2.00 | - | needs 2 seeds | s0: -1.00 | - |")
+  assert line("| (a) < (c) on FID |").endswith("| - | - | needs 2 seeds | - | -4.06 |")
 
 
 def test_readme_tables_are_written_between_the_markers_only(tmp_path, capsys):
