@@ -11,7 +11,9 @@ far latents come back into the real range as the steps grow, they are discretisa
 sampler; if they stay far, the learned probability-flow ODE itself carries them there. The run at the
 eval's own steps must reproduce the stored latents (checked). Each record lists, per step count, the norm
 quantiles of both groups, how many lie beyond the real maximum, and their mean distance to the finest
-integration; the figure decodes 8 far rows at each step count.
+integration; where each group's z_T norms lie among the bank's (mean percentile; 0.5 for rows drawn
+without regard to it); the run's VAE, so that runs on one VAE can be compared row by row; the figure
+decodes 8 far rows at each step count.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ def study(config, workdir: str, name: str, seed: int = 0) -> tuple[dict, np.ndar
   others = np.setdiff1d(np.arange(num_sw2), far)
   control = np.sort(np.random.default_rng(seed).choice(others, size=min(len(far), len(others)), replace=False))
   rows = np.concatenate([far, control])
+  # Where each group's starting noise lies among the bank's: far latents from the prior's own tail?
+  prior_norms = norms(prior.noise[:num_sw2])
+  percentile = lambda group: float(np.mean(np.searchsorted(np.sort(prior_norms), prior_norms[group]) / num_sw2))
 
   networks = sampling.trained_networks(config, workdir)
   key = jax.random.PRNGKey(0)  # unused by the ODE samplers
@@ -112,6 +117,8 @@ def study(config, workdir: str, name: str, seed: int = 0) -> tuple[dict, np.ndar
                                          "git_commit": record["git_commit"]},
             "real_max_norm": real_max, "num_compared": num_sw2, "far_rows": far.tolist(),
             "control_rows": control.tolist(), "control_seed": seed,
+            "vae_sha256": record["networks"]["vae_sha256"],
+            "prior_norm_percentile": {"far": percentile(far), "control": percentile(control)},
             "reproduced_max_abs_difference": float(again), "by_steps": by_steps,
             "figure_rows": [int(r) for r in shown]}
   return records.run_record(config, stage="far_latents", **fields), images

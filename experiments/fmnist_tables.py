@@ -110,7 +110,9 @@ def far_latents_table(results: str = FMNIST_RESULTS) -> str:
   """The records of `python -m experiments.far_latents` (<results>/far_latents/*.json), in table order:
   for each run, its latents beyond the largest real norm at its eval's sampler and steps, how many of
   those rows lie beyond it again when integrated with the most steps, their median norm and mean distance
-  to that finest integration at the eval's steps, and the control rows beyond it ('' without records)."""
+  to that finest integration at the eval's steps, the control rows beyond it, and where both groups'
+  starting noise lies among the bank's; under it, how many far rows the runs on one VAE share ('' without
+  records)."""
   order = {row.name: i for i, row in enumerate(fmnist_rows.ROWS)}
   found = []
   for path in glob.glob(os.path.join(results, "far_latents", "*.json")):
@@ -120,8 +122,9 @@ def far_latents_table(results: str = FMNIST_RESULTS) -> str:
     return ""
   found.sort(key=lambda r: (order.get(r["run"].split("/")[0], len(order)), r["run"]))
   lines = ["| run | sampler | far latents | far at the most steps | far: median norm, eval's steps -> most "
-           "| far: distance to the most steps | control rows beyond the real max |",
-           "| --- |" + " --- |" * 6]
+           "| far: distance to the most steps | control rows beyond the real max | z_T norm percentile: far, "
+           "control |",
+           "| --- |" + " --- |" * 7]
   for r in found:
     first, last = r["by_steps"][0], r["by_steps"][-1]
     lines.append(f"| {r['run']} | {r['eval_record']['sampler']} x {first['steps']} (most: {last['steps']}) | "
@@ -129,11 +132,25 @@ def far_latents_table(results: str = FMNIST_RESULTS) -> str:
                  f"{first['far']['norm_quantiles'][0]:.2f} -> {last['far']['norm_quantiles'][0]:.2f} | "
                  f"{first['far']['mean_distance_to_finest']:.3f} | "
                  f"{first['control']['beyond_real_max']} -> {last['control']['beyond_real_max']} of "
-                 f"{len(r['control_rows'])} |")
+                 f"{len(r['control_rows'])} | {_percentiles(r)} |")
+  shared = []
+  for i, r in enumerate(found):
+    for other in found[i + 1:]:
+      if r.get("vae_sha256") is not None and r.get("vae_sha256") == other.get("vae_sha256"):
+        both = len(set(r["far_rows"]) & set(other["far_rows"]))
+        shared.append(f"{r['run']} and {other['run']}: {both} of {len(r['far_rows'])} and {len(other['far_rows'])}")
+  if shared:
+    lines.append("\nFar rows (prior-bank rows) that runs on one VAE share: " + "; ".join(shared) + ".")
   lines.append("\nFar: beyond the largest norm of the real test latents (`python -m experiments.far_latents ROW "
                "--seed S`); the same rows integrated again from their prior-bank noise with more steps of the "
                "same sampler.")
   return "\n".join(lines)
+
+
+def _percentiles(record: dict[str, Any]) -> str:
+  """'far, control' mean percentiles of their z_T norms in the bank, or '-' in a record without them."""
+  percentile = record.get("prior_norm_percentile")
+  return "-" if percentile is None else f"{percentile['far']:.2f}, {percentile['control']:.2f}"
 
 
 def best_fid_line(records: dict[str, list[dict[str, Any]]]) -> str:

@@ -233,6 +233,12 @@ def test_far_latents_integrates_the_far_rows_again_from_their_bank_noise(trained
   far = np.flatnonzero(latent_norms > real_max)
   assert study["far_rows"] == far.tolist() and len(study["control_rows"]) == min(len(far), 8 - len(far))
   assert not set(study["control_rows"]) & set(study["far_rows"])
+  prior_norms = far_latents.norms(banks.noise_bank(str(tmp_path / "banks"), "prior", latents.shape,
+                                                   config.eval.bank_seed).noise)
+  # The mean over far rows of the fraction of the 8 bank rows whose z_T norm is smaller.
+  assert study["prior_norm_percentile"]["far"] == pytest.approx(
+      np.mean([np.mean(prior_norms < prior_norms[i]) for i in far]), rel=1e-12)
+  assert study["vae_sha256"] == record["networks"]["vae_sha256"]
   assert study["reproduced_max_abs_difference"] < 1e-5  # float32 batching of per-row maths
   first, last = study["by_steps"][0], study["by_steps"][-1]
   assert [e["steps"] for e in study["by_steps"]] == [2 * f for f in far_latents.STEP_FACTORS]

@@ -208,15 +208,22 @@ def far_record(run: str, far: list[int], beyond: tuple[int, int], medians: tuple
                                                     "mean_distance_to_finest": 0.5 * (1 - i)},
                             "control": {"beyond_real_max": 0}}
   return {"run": run, "eval_record": {"sampler": "rk4"}, "num_compared": 100, "far_rows": far,
-          "control_rows": far, "by_steps": [entry(0, 10), entry(1, 80)]}
+          "control_rows": far, "by_steps": [entry(0, 10), entry(1, 80)], "vae_sha256": "v1",
+          "prior_norm_percentile": {"far": 0.8, "control": 0.5}}
 
 
 def test_the_far_latents_table_lists_the_records_in_table_order(tmp_path):
   assert fmnist_tables.far_latents_table(str(tmp_path)) == ""
   os.makedirs(tmp_path / "far_latents")
-  for run in ("lsi/s1", "c/s1"):
-    json.dump(far_record(run, [3, 7], (2, 1), (20.0, 18.5)),
-              open(tmp_path / "far_latents" / f"{run.replace('/', '_')}.json", "w"))
+  for run, far in (("lsi/s1", [3, 7, 9]), ("c/s1", [3, 7]), ("a/s1", [3, 9])):
+    record = far_record(run, far, (2, 1), (20.0, 18.5))
+    if run == "a/s1":
+      record.update(vae_sha256="v2", prior_norm_percentile=None)  # another VAE; a record without percentiles
+    json.dump(record, open(tmp_path / "far_latents" / f"{run.replace('/', '_')}.json", "w"))
   lines = fmnist_tables.far_latents_table(str(tmp_path)).splitlines()
-  assert [line.split(" | ")[0] for line in lines[2:4]] == ["| c/s1", "| lsi/s1"]
-  assert lines[2] == "| c/s1 | rk4 x 10 (most: 80) | 2 of 100 | 1 | 20.00 -> 18.50 | 0.500 | 0 -> 0 of 2 |"
+  assert [line.split(" | ")[0] for line in lines[2:5]] == ["| c/s1", "| lsi/s1", "| a/s1"]
+  assert lines[2] == ("| c/s1 | rk4 x 10 (most: 80) | 2 of 100 | 1 | 20.00 -> 18.50 | 0.500 | 0 -> 0 of 2 | "
+                      "0.80, 0.50 |")
+  assert lines[4].endswith("| - |")
+  # Only c/s1 and lsi/s1 are on one VAE: they share rows 3 and 7.
+  assert "that runs on one VAE share: c/s1 and lsi/s1: 2 of 2 and 3." in lines[6]
