@@ -46,9 +46,10 @@ def tail_split(x, y, directions: np.ndarray, tail: float) -> dict[str, float]:
   """sliced_wasserstein2 split by rank: the outer `tail` of the ranks (tail / 2 at each end, at least one
   rank each) against the rest.
 
-  Returns {"squared": sliced_wasserstein2(x, y, directions); "trimmed": the mean over directions and the central ranks only, i.e. the squared quantile-
-  trimmed W2 of each 1-D projection, integral over u in [tail/2, 1 - tail/2] of (F_x^-1 - F_y^-1)^2
-  du / (1 - tail), averaged over directions; "tail_share": the outer ranks' part of the untrimmed sum}.
+  Returns {"squared": sliced_wasserstein2(x, y, directions); "trimmed": the mean over directions and
+  the central ranks only, i.e. the squared quantile-trimmed W2 of each 1-D projection, integral over u in
+  [tail/2, 1 - tail/2] of (F_x^-1 - F_y^-1)^2 du / (1 - tail), averaged over directions; "tail_share":
+  the outer ranks' part of the untrimmed sum}.
   A few far samples move SW2^2 without moving the bulk: trimmed near the untrimmed value says the bulk
   differs, tail_share near 1 says a handful of samples make the distance.
   """
