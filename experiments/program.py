@@ -282,8 +282,10 @@ def status(root: str, results: str) -> str:
   lock = read_lock(root)
   running = lock.get("run") if lock else None
   lines, left, unknown, counted = [], 0.0, False, set()
+  whole, whole_counted = 0.0, set()
   for run in program_runs.planned_runs(root, results):
     seconds = program_costs.remaining_seconds(run, costs, num_steps, counted)
+    whole += program_costs.remaining_seconds(run, costs, num_steps, whole_counted, whole=True) or 0.0
     if run.done():
       record = run.record()
       where = "" if run.finished_here() else " (committed; workdir not on this machine)"
@@ -301,6 +303,8 @@ def status(root: str, results: str) -> str:
     lines.append(f"  {state:8s} {run.name:16s} ~{eta}")
   head = f"program in {root}: " + (f"driver pid {lock['pid']}, running {running}" if lock else "not running")
   total = f"left: ~{left / 3600:.1f} h" + (" (+ runs of unknown cost)" if unknown else "")
+  total += (f"; the whole program at these costs: ~{whole / 3600:.1f} h of this machine (budget: "
+            f"{fmnist_base.PROGRAM_BUDGET_HOURS} h)")
   third = program_runs.third_seed_rows(program_runs.fids_by_row(root, program_runs.FIRST_SEEDS, results))
   return "\n".join([head, *lines, total, f"third seeds called for: {third or 'none (yet)'}",
                     "costs (s/step by stage kind; s per eval, per VAE's reconstructions): "

@@ -106,17 +106,18 @@ def pilot_costs(results: str) -> dict[str, float]:
 
 
 def remaining_seconds(run: program_runs.Run, costs: dict[str, float], num_steps: int,
-                      counted: set[str] | None = None) -> float | None:
+                      counted: set[str] | None = None, whole: bool = False) -> float | None:
   """Seconds left for `run`: its training stages' remaining steps (latest checkpoint against num_steps)
   and its eval (with its VAE's reconstructions where no earlier run computes them, if their cost is
   known: the pilot's eval cost includes them); None where a cost is unknown. counted: the stage
   directories and VAEs already counted for earlier runs (a shared VAE is trained once, and its
-  reconstructions computed once, by the first run that needs it); updated, for done runs too."""
+  reconstructions computed once, by the first run that needs it); updated, for done runs too.
+  whole: the run's cost from its first step instead, done or not (the program's total at these costs)."""
   counted = set() if counted is None else counted
   recon_key = "recon:" + (run.vae_workdir or run.workdir)
   first_on_vae = recon_key not in counted
   counted.add(recon_key)
-  if run.done():
+  if run.done() and not whole:
     return 0.0
   config = run.row.get_config()
   total = 0.0
@@ -127,7 +128,7 @@ def remaining_seconds(run: program_runs.Run, costs: dict[str, float], num_steps:
         continue
       counted.add(os.path.join(home, stage))
       ckpts = glob.glob(os.path.join(home, stage, "checkpoints", "[0-9]*"))
-      done = max((int(os.path.basename(p)) for p in ckpts), default=0)
+      done = 0 if whole else max((int(os.path.basename(p)) for p in ckpts), default=0)
       kind = _stage_kind(stage, run.row.config)
       if kind not in costs:
         return None

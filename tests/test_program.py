@@ -269,6 +269,16 @@ def test_a_shared_vae_is_counted_once_in_what_is_left(tmp_path):
   assert (a, b) == (10 * 2.0 + 100.0 + 30.0, 10 * 0.5 + 100.0)
 
 
+def test_the_whole_program_counts_every_step_where_what_is_left_counts_from_the_checkpoint(tmp_path):
+  """(c)/s0 saved step 6 of its VAE's 10: 4 VAE steps are left, but the program's total pays all 10."""
+  root = str(tmp_path / "runs")
+  costs = {"vae": 1.0, "ldm": 0.5, "ldm_gate": 0.5, "cotrain": 2.0, "eval": 100.0, "recon": 30.0}
+  c = {run.name: run for run in program_runs.runs_for((0,), root)}["c/s0"]
+  os.makedirs(os.path.join(c.vae_workdir, "vae", "checkpoints", "6"))
+  assert program_costs.remaining_seconds(c, costs, 10) == 4 * 1.0 + 10 * 0.5 + 100.0 + 30.0
+  assert program_costs.remaining_seconds(c, costs, 10, whole=True) == 10 * 1.0 + 10 * 0.5 + 100.0 + 30.0
+
+
 def git_repo(repo):
   """A new git repository at `repo`; returns a function running git there (its stdout)."""
   repo.mkdir()
