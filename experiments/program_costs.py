@@ -67,7 +67,7 @@ def measured_costs(root: str, results: str | None = None) -> dict[str, float]:
   rates: dict[str, list[float]] = {}
   evals, recons = [], []
   seen: set[str] = set()  # a shared VAE's log counts once
-  for run in program_runs.runs_for(program_runs.FIRST_SEEDS + (program_runs.THIRD_SEED,), root, results=results):
+  for run in program_runs.runs_for(program_runs.ALL_SEEDS, root, results=results):
     for kind, path in _training_logs(run):
       if path not in seen:
         seen.add(path)

@@ -19,6 +19,7 @@ from experiments import claims, fmnist_rows
 
 FIRST_SEEDS = (0, 1)
 THIRD_SEED = 2
+ALL_SEEDS = FIRST_SEEDS + (THIRD_SEED,)
 # Training stages and what their cost is measured by (experiments.run's stage names).
 TRAINING_STAGES = ("vae", "cotrain", "ldm")
 
