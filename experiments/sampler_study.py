@@ -155,9 +155,9 @@ def table(out_dir: str) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("action", choices=("run", "table"))
-  parser.add_argument("--row", default="best", help="a row name, or 'best' (lowest mean FID of seeds 0, 1)")
+  parser.add_argument("--row", default="best", help="a row name, or 'best' (lowest mean FID over its seeds)")
   parser.add_argument("--seed", type=int, default=None,
-                      help="default: the first of seeds 0, 1 finished on this machine, else 0")
+                      help="default: the first seed finished on this machine, else 0")
   parser.add_argument("--root", default=program.DEFAULT_ROOT)
   parser.add_argument("--results", default=program.DEFAULT_RESULTS)
   return parser.parse_args(argv)
