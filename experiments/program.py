@@ -115,7 +115,11 @@ def update_readme(readme: str, results: str) -> list[str]:
     log(f"{readme} has uncommitted changes: its tables are not updated "
         f"(python -m experiments.tables --readme {readme} {results})")
     return []
-  return [readme] if tables.write_readme(readme, results) else []
+  try:
+    return [readme] if tables.write_readme(readme, results) else []
+  except ValueError as error:  # the run's own artefacts are committed all the same
+    log(f"README tables not updated: {error}")
+    return []
 
 
 def update_figures(results: str) -> list[str]:
@@ -192,8 +196,9 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
   """Runs every planned run that is not done, in order (only `seeds` / `rows` where given); with
   `readme`, writes the tables of `results` into it as each run finishes (committed with the run)."""
   os.makedirs(root, exist_ok=True)
-  if read_lock(root) is not None:
-    raise SystemExit(f"another program driver is running on {root} (pid {read_lock(root)['pid']}).")
+  other = read_lock(root)
+  if other is not None:
+    raise SystemExit(f"another program driver is running on {root} (pid {other['pid']}).")
   write_lock(root, run=None, child_pgid=None, started=time.time())
   attempted: set[str] = set()
   stop = threading.Event()
@@ -285,7 +290,9 @@ def status(root: str, results: str) -> str:
   whole, whole_counted = 0.0, set()
   for run in program_runs.planned_runs(root, results):
     seconds = program_costs.remaining_seconds(run, costs, num_steps, counted)
-    whole += program_costs.remaining_seconds(run, costs, num_steps, whole_counted, whole=True) or 0.0
+    run_whole = program_costs.remaining_seconds(run, costs, num_steps, whole_counted, whole=True)
+    unknown |= run_whole is None
+    whole += run_whole or 0.0
     if run.done():
       record = run.record()
       where = "" if run.finished_here() else " (committed; workdir not on this machine)"
@@ -302,9 +309,9 @@ def status(root: str, results: str) -> str:
     eta = "?" if seconds is None else f"{seconds / 3600:.1f} h"
     lines.append(f"  {state:8s} {run.name:16s} ~{eta}")
   head = f"program in {root}: " + (f"driver pid {lock['pid']}, running {running}" if lock else "not running")
-  total = f"left: ~{left / 3600:.1f} h" + (" (+ runs of unknown cost)" if unknown else "")
-  total += (f"; the whole program at these costs: ~{whole / 3600:.1f} h of this machine (budget: "
-            f"{fmnist_base.PROGRAM_BUDGET_HOURS} h)")
+  unknown_part = " (+ runs of unknown cost)" if unknown else ""
+  total = (f"left: ~{left / 3600:.1f} h{unknown_part}; the whole program at these costs: ~{whole / 3600:.1f} h"
+           f"{unknown_part} of this machine (budget: {fmnist_base.PROGRAM_BUDGET_HOURS} h)")
   third = program_runs.third_seed_rows(program_runs.fids_by_row(root, program_runs.FIRST_SEEDS, results))
   return "\n".join([head, *lines, total, f"third seeds called for: {third or 'none (yet)'}",
                     "costs (s/step by stage kind; s per eval, per VAE's reconstructions): "
@@ -336,6 +343,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = sorted(set(rows or ()) - set(fmnist_rows.BY_NAME))
     if unknown:
       raise SystemExit(f"unknown row(s) {unknown}; the rows are {sorted(fmnist_rows.BY_NAME)}.")
+    if args.readme:
+      try:
+        tables.check_readme(args.readme)
+      except ValueError as error:
+        raise SystemExit(f"--readme: {error}") from None
     run_program(args.root, args.results, args.override, args.commit, seeds, rows, args.readme)
   elif args.action == "status":
     print(status(args.root, args.results))

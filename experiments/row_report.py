@@ -22,6 +22,7 @@ import os
 import statistics
 from typing import Any, Sequence
 
+from cgdiff import score_targets
 from cgdiff.train import writers
 from experiments import fmnist_rows, fmnist_tables, program_runs
 
@@ -42,14 +43,17 @@ def _read_json(path: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def training_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+def training_summary(metrics: list[dict[str, Any]], lsi_mean_target: bool = True) -> dict[str, Any]:
   """First, step-1,000 and final (mean of the last LAST_INTERVALS) value of each of KEYS, the number of
-  non-finite steps and the median steps/s of one stage's metrics.jsonl records."""
+  non-finite steps and the median steps/s of one stage's metrics.jsonl records; with lsi_mean_target (a
+  target whose conditional mean is eps_LSI), the network's distance to the LSI target at the end."""
   if not metrics:
     raise ValueError("no logged intervals")
   last = metrics[-LAST_INTERVALS:]
+  # The interval that holds step 1,000 (a log_every over 1,000 would skip it: the first one after).
   at_1000 = next((m for m in metrics if m["step"] >= 1000), metrics[-1])
   out: dict[str, Any] = {"steps": metrics[-1]["step"], "intervals": len(metrics),
+                         "step_1000_logged_at": at_1000["step"],
                          "nonfinite": sum(m.get("nonfinite", 0.0) for m in metrics),
                          "median_steps_per_sec": statistics.median(m["steps_per_sec"] for m in metrics
                                                                    if m.get("steps_per_sec"))}
@@ -57,7 +61,7 @@ def training_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     if key in metrics[0]:
       out[key] = {"first": metrics[0][key], "step_1000": at_1000[key],
                   "final": statistics.fmean(m[key] for m in last)}
-  if "target_excess_over_lsi" in out and "score_loss" in out:
+  if lsi_mean_target and "target_excess_over_lsi" in out and "score_loss" in out:
     out["net_to_lsi_final"] = out["score_loss"]["final"] - out["target_excess_over_lsi"]["final"]
   return out
 
@@ -68,7 +72,11 @@ def report(row: str, seed: int, results: str = fmnist_tables.FMNIST_RESULTS) -> 
   record = run.committed_record()
   if record is None:
     raise SystemExit(f"{row}/s{seed}: no eval record in {run.results_dir}.")
-  training = {home.label + stage: training_summary(writers.read_metrics(path))
+  # 001's prior CSEM, an LDM target, has the diffused Gaussian fit's score, not eps_LSI, as its conditional
+  # mean; co-training's score targets (LSI, Tweedie) all have eps_LSI.
+  prior_ldm = score_targets.get(run.row.get_config().ldm.target).needs_prior
+  training = {home.label + stage: training_summary(writers.read_metrics(path),
+                                                   lsi_mean_target=not (stage == "ldm" and prior_ldm))
               for home in run.homes() for stage, path in program_runs.stage_files(home.committed).items()}
   diagnose = sorted(glob.glob(os.path.join(run.results_dir, "diagnose", "*.json")))
   metrics = record["metrics"]

@@ -95,14 +95,24 @@ def readme_with_tables(text: str, tables: str) -> str:
   return f"{head}{README_BEGIN}\n{tables}\n{README_END}{tail}"
 
 
-def write_readme(path: str, results: str = fmnist_tables.FMNIST_RESULTS) -> bool:
-  """Writes `results`' tables into the README at `path`; returns whether it changed."""
+def check_readme(path: str) -> str:
+  """The README at `path`, which must exist and hold the markers once each; ValueError naming it if not."""
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: no such README.")
   with open(path) as f:
     text = f.read()
   try:
-    new = readme_with_tables(text, fmnist_tables.readme_tables(results))
+    readme_with_tables(text, "")
   except ValueError as error:
-    raise SystemExit(f"{path}: {error}") from None
+    raise ValueError(f"{path}: {error}") from None
+  return text
+
+
+def write_readme(path: str, results: str = fmnist_tables.FMNIST_RESULTS) -> bool:
+  """Writes `results`' tables into the README at `path`; returns whether it changed. ValueError where the
+  README or the records cannot make them (the message names which)."""
+  text = check_readme(path)
+  new = readme_with_tables(text, fmnist_tables.readme_tables(results))
   if new != text:
     with open(path, "w") as f:
       f.write(new)
@@ -113,7 +123,10 @@ def main(paths: list[str]) -> None:
   if paths[:1] == ["--readme"]:
     if len(paths) not in (2, 3):
       sys.exit("usage: python -m experiments.tables --readme README.md [RESULTS_DIR]")
-    changed = write_readme(paths[1], *paths[2:])
+    try:
+      changed = write_readme(paths[1], *paths[2:])
+    except ValueError as error:
+      sys.exit(str(error))
     print(f"{paths[1]}: tables {'written' if changed else 'already as printed'}.")
     return
   if not paths or (len(paths) == 1 and os.path.isdir(paths[0])):

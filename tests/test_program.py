@@ -307,6 +307,25 @@ def test_with_readme_each_finished_run_commits_the_readme_s_tables_too(fake_rows
   assert "has uncommitted changes: its tables are not updated" in capsys.readouterr().out
 
 
+def test_a_readme_that_cannot_take_the_tables_does_not_keep_a_finished_run_from_its_commit(fake_rows, capsys):
+  """The README lost its markers while the driver ran: the run's records are committed, the README is not."""
+  repo = fake_rows / "repo"
+  git = git_repo(repo)
+  readme = repo / "README.md"
+  readme.write_text(f"# results\n{tables.README_BEGIN}\n{tables.README_END}\n")
+  git("add", "README.md")
+  git("commit", "-q", "-m", "README")
+  with pytest.raises(SystemExit, match="--readme: .*no such README"):
+    program.main(["run", "--readme", str(repo / "READ_ME.md")])
+  readme.write_text("# results, no markers\n")
+  git("commit", "-q", "-am", "README without markers")
+  root, results = str(fake_rows / "runs"), str(repo / "results")
+  program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("c",), readme=str(readme))
+  committed = git("show", "--name-only", "--format=", "HEAD").stdout.split()
+  assert "README.md" not in committed and any(path.startswith("results/c/s0/") for path in committed)
+  assert "README tables not updated:" in capsys.readouterr().out
+
+
 def test_each_finished_run_draws_the_figures_across_rows_again(fake_rows, capsys):
   repo = fake_rows / "repo"
   git = git_repo(repo)

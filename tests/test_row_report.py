@@ -29,7 +29,9 @@ def test_training_summary_first_step_1000_and_mean_of_the_last_intervals():
   assert summary["loss"]["final"] == pytest.approx(1 + sum(1 / k for k in last) / len(last))
   assert summary["net_to_lsi_final"] == pytest.approx(1.0)
   assert summary["nonfinite"] == 1.0 and summary["median_steps_per_sec"] == 10.5 and summary["steps"] == 2000
-  assert "kl" not in summary
+  assert "kl" not in summary and summary["step_1000_logged_at"] == 1000
+  # 001's prior CSEM: its target's conditional mean is not eps_LSI, so loss - excess measures nothing.
+  assert "net_to_lsi_final" not in row_report.training_summary(ldm_log(20), lsi_mean_target=False)
   with pytest.raises(ValueError, match="no logged intervals"):
     row_report.training_summary([])
 
@@ -55,3 +57,12 @@ def test_report_reads_the_row_and_the_vae_it_shares(tmp_path, capsys):
   row_report.main(["b", "--results", str(results)])
   out = capsys.readouterr().out
   assert out.startswith('b/s0: eval {"fid": 12.5') and "training a/cotrain:" in out
+
+
+def test_the_prior_csem_row_has_no_distance_to_lsi_from_its_loss(tmp_path):
+  results = tmp_path / "results"
+  os.makedirs(results / "cg_prior" / "s0")
+  json.dump({"stage": "eval", "wall_seconds": {"total": 5.0}, "metrics": {"fid": 170.0}, "sw2": {}},
+            open(results / "cg_prior" / "s0" / "ldm_rk4_10_n10000.json", "w"))
+  write_jsonl(results / "cg_prior" / "s0" / "ldm" / "metrics.jsonl", ldm_log(12))
+  assert "net_to_lsi_final" not in row_report.report("cg_prior", 0, str(results))["training"]["ldm"]
