@@ -289,13 +289,19 @@ def git_repo(repo):
   return git
 
 
-def test_with_readme_each_finished_run_commits_the_readme_s_tables_too(fake_rows, capsys):
-  repo = fake_rows / "repo"
+def repo_with_readme(repo):
+  """A git repository at `repo` with a committed README.md holding the tables' markers: (git, its path)."""
   git = git_repo(repo)
   readme = repo / "README.md"
   readme.write_text(f"# results\n{tables.README_BEGIN}\n{tables.README_END}\n")
   git("add", "README.md")
   git("commit", "-q", "-m", "README")
+  return git, readme
+
+
+def test_with_readme_each_finished_run_commits_the_readme_s_tables_too(fake_rows, capsys):
+  repo = fake_rows / "repo"
+  git, readme = repo_with_readme(repo)
   root, results = str(fake_rows / "runs"), str(repo / "results")
   program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("c",), readme=str(readme))
   assert "README.md" in git("show", "--name-only", "--format=", "HEAD").stdout.split()
@@ -310,11 +316,7 @@ def test_with_readme_each_finished_run_commits_the_readme_s_tables_too(fake_rows
 def test_a_readme_that_cannot_take_the_tables_does_not_keep_a_finished_run_from_its_commit(fake_rows, capsys):
   """The README lost its markers while the driver ran: the run's records are committed, the README is not."""
   repo = fake_rows / "repo"
-  git = git_repo(repo)
-  readme = repo / "README.md"
-  readme.write_text(f"# results\n{tables.README_BEGIN}\n{tables.README_END}\n")
-  git("add", "README.md")
-  git("commit", "-q", "-m", "README")
+  git, readme = repo_with_readme(repo)
   with pytest.raises(SystemExit, match="--readme: .*no such README"):
     program.main(["run", "--readme", str(repo / "READ_ME.md")])
   readme.write_text("# results, no markers\n")
