@@ -17,7 +17,6 @@ Writes <out>/pilot.json (merged across parts) and copies the figures next to it.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from absl import app, flags, logging
 from cgdiff import records
 from cgdiff.train import writers
 from configs import fmnist_base
-from experiments import fmnist_rows
+from experiments import fmnist_rows, fmnist_tables
 
 # Candidate sizes: overrides of fmnist_base. FLOPs of a batch-128 train step (XLA's count): VAE
 # (16, 32, 64) 5.1 GFLOP, (32, 64, 128) 19.8 GFLOP; UNet base 32 (1, 2, 2) with 1 ResBlock per level
@@ -114,7 +113,7 @@ def timing(candidate: str) -> dict:
                                          f"--config.eval.num_reconstructions={n}",
                                          f"--config.eval.num_reference={n}"],
           os.path.join(root, "pilot.log"))
-  record = json.load(open(sorted(glob.glob(os.path.join(root, "c", "eval", "*.json")))[-1]))
+  _, record = eval_record(os.path.join(root, "c"))
   out["eval"] = {"num_samples": n, "wall_seconds": record["wall_seconds"]}
   return out
 
@@ -146,6 +145,14 @@ def program_hours(stage_seconds: dict, seeds: int = 2, which: str = "best") -> d
           "eval_seconds_per_row": row_eval}
 
 
+def eval_record(workdir: str) -> tuple[str, dict]:
+  """(path, record) of the eval stage's record in `workdir`; SystemExit naming the workdir if it has none."""
+  found = fmnist_tables.find_record(os.path.join(workdir, "eval"), "eval")
+  if found is None:
+    raise SystemExit(f"{workdir}/eval: no eval record.")
+  return found
+
+
 def learning(candidate: str) -> dict:
   """Rows (c), cg_element and (a) for a few epochs at `candidate`'s size; grids and curves."""
   root = os.path.join(FLAGS.workdir, "learning", candidate)
@@ -158,8 +165,7 @@ def learning(candidate: str) -> dict:
     overrides = [*CANDIDATES[candidate], *extra, *all_steps(count, 50), "--config.eval.num_samples=1000",
                  "--config.eval.num_reconstructions=1000", "--config.eval.num_reference=1000"]
     wall = run_row(row, workdir, overrides, os.path.join(root, "pilot.log"))
-    record_path = sorted(glob.glob(os.path.join(workdir, "eval", "*.json")))[-1]
-    record = json.load(open(record_path))
+    record_path, record = eval_record(workdir)
     target = os.path.join(FLAGS.out, f"learning_{candidate}_{row}")
     os.makedirs(target, exist_ok=True)
     for path in [record_path, *(os.path.join(os.path.dirname(record_path), name)

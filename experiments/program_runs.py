@@ -8,14 +8,12 @@ study; nothing here starts a process.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import os
 import sys
 from typing import Iterable, Sequence
 
 from cgdiff.train import writers
-from experiments import claims, fmnist_rows
+from experiments import claims, fmnist_rows, fmnist_tables
 
 FIRST_SEEDS = (0, 1)
 THIRD_SEED = 2
@@ -102,7 +100,8 @@ class Run:
   def committed_record(self) -> dict | None:
     if self.results_dir is None:
       return None
-    return _latest_eval_record(glob.glob(os.path.join(self.results_dir, "*.json")))
+    found = fmnist_tables.find_record(self.results_dir, "eval")
+    return found and found[1]
 
   def record(self) -> dict | None:
     """The eval record of a done run: its workdir's, else the committed copy."""
@@ -117,17 +116,8 @@ def runs_for(seeds: Iterable[int], root: str, rows: Sequence[fmnist_rows.Row] = 
 
 def eval_record(workdir: str) -> dict | None:
   """The eval record of a finished run (its workdir's eval/*.json written by the `eval` stage)."""
-  return _latest_eval_record(glob.glob(os.path.join(workdir, "eval", "*.json")))
-
-
-def _latest_eval_record(paths: Iterable[str]) -> dict | None:
-  records = []
-  for path in sorted(paths):
-    with open(path) as f:
-      record = json.load(f)
-    if record.get("stage") == "eval":
-      records.append(record)
-  return records[-1] if records else None
+  found = fmnist_tables.find_record(os.path.join(workdir, "eval"), "eval")
+  return found and found[1]
 
 
 def vae_trained_again(run: Run, runs: Sequence[Run]) -> bool:

@@ -31,6 +31,17 @@ def test_fmnist_table_gives_mean_and_spread_over_seeds_beside_002(tmp_path):
   assert "| - | - | - | - |" in lsi
 
 
+def test_a_second_eval_record_of_a_seed_is_an_error_not_a_second_seed(tmp_path):
+  directory = tmp_path / "c" / "s0"
+  os.makedirs(directory)
+  json.dump(eval_record(10.0, [1e-4]), open(directory / "ldm_rk4_10_n10000.json", "w"))
+  assert fmnist_tables.find_record(str(directory), "eval")[0].endswith("ldm_rk4_10_n10000.json")
+  assert fmnist_tables.find_record(str(directory), "diagnose") is None
+  json.dump(eval_record(20.0, [1e-4]), open(directory / "ldm_heun_pc_50_n10000.json", "w"))
+  with pytest.raises(ValueError, match="2 eval records .* a run and seed has one"):
+    fmnist_tables.fmnist_records(str(tmp_path))
+
+
 def test_the_lowest_mean_fid_is_set_beside_002_s_lowest(tmp_path):
   assert fmnist_tables.best_fid_line({}).endswith(
       "no row yet; 002's lowest: 9.26, (b) Tweedie on LSI-shaped latent (a's VAE).")
