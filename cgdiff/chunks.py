@@ -114,6 +114,14 @@ class ChunkStore:
       parts.append(part)
     return np.concatenate(parts)
 
+  def load(self, name: str, total: int, chunk: int) -> np.ndarray:
+    """Rows [0, total) of array `name` from the chunks on disk only; FileNotFoundError naming the first
+    missing chunk (computed under another chunk size, or never)."""
+    def missing(start: int, stop: int):
+      raise FileNotFoundError(f"{self.chunk_path(name, start, stop)}: no such chunk (rows {start}..{stop} of "
+                              f"{total} in chunks of {chunk}).")
+    return self.array(name, missing, total, chunk)
+
   def compute_seconds(self) -> float | None:
     """Seconds spent computing the chunks on disk in this store, by whichever processes computed them;
     None if a chunk has no timing (saved by code older than the timings)."""

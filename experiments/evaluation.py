@@ -220,12 +220,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return record
 
 
+def latent_norms(latents: np.ndarray) -> np.ndarray:
+  """Euclidean norm of each latent, [N, ...] -> [N]."""
+  return np.linalg.norm(latents.reshape(len(latents), -1), axis=-1)
+
+
+def real_max_norm(norm_tails: dict) -> float:
+  """The largest real latent norm of a record's `sw2.norms` (`_norm_tails`: the quantile 1.0)."""
+  return norm_tails["real"][norm_tails["quantiles"].index(1.0)]
+
+
 def _norm_tails(generated: np.ndarray, real: np.ndarray,
                 quantiles: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999, 1.0)) -> dict:
-  """Quantiles of the Euclidean norms of generated and real latents ([N, ...] each) and how many
-  generated latents lie beyond the largest real norm: where SW2's far samples are."""
-  generated_norms = np.linalg.norm(generated.reshape(len(generated), -1), axis=-1)
-  real_norms = np.linalg.norm(real.reshape(len(real), -1), axis=-1)
+  """Quantiles of the Euclidean norms of generated and real latents ([N, ...] each; the quantile 1.0,
+  the maximum, must be among them) and how many generated latents lie beyond the largest real norm:
+  where SW2's far samples are."""
+  generated_norms, real_norms = latent_norms(generated), latent_norms(real)
   return {"quantiles": list(quantiles),
           "generated": np.quantile(generated_norms, quantiles).tolist(),
           "real": np.quantile(real_norms, quantiles).tolist(),

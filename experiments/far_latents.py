@@ -27,7 +27,7 @@ import numpy as np
 
 from cgdiff import chunks, plots, records, samplers
 from cgdiff.metrics import banks
-from experiments import fmnist_rows, latent_space, program, program_runs, sampling
+from experiments import evaluation, fmnist_rows, latent_space, program, program_runs, sampling
 
 STEP_FACTORS = (1, 2, 4, 8)
 BATCH_SIZE = 64
@@ -43,16 +43,12 @@ def run_config(run: program_runs.Run):
   return config
 
 
-def norms(latents: np.ndarray) -> np.ndarray:
-  return np.linalg.norm(latents.reshape(len(latents), -1), axis=-1)
-
-
 def group_summary(latents: np.ndarray, finest: np.ndarray, real_max: float) -> dict:
   """Norm quantiles, the count beyond the real maximum and the mean distance to the finest integration."""
-  group_norms = norms(latents)
+  group_norms = evaluation.latent_norms(latents)
   return {"norm_quantiles": np.quantile(group_norms, QUANTILES).tolist(),
           "beyond_real_max": int(np.sum(group_norms > real_max)),
-          "mean_distance_to_finest": float(np.mean(norms(latents - finest)))}
+          "mean_distance_to_finest": float(np.mean(evaluation.latent_norms(latents - finest)))}
 
 
 def study(config, workdir: str, name: str, seed: int = 0) -> tuple[dict, np.ndarray]:
@@ -70,20 +66,23 @@ def study(config, workdir: str, name: str, seed: int = 0) -> tuple[dict, np.ndar
     raise SystemExit(f"{name}: its eval record has no latent norms; run its eval stage again first.")
   cfg = config.eval
   store = chunks.ChunkStore(record["stores"]["samples"])
-  stored = store.array("latents", None, total=total, chunk=chunks.round_up(cfg.chunk_size, cfg.batch_size))
+  try:
+    stored = store.load("latents", total=total, chunk=chunks.round_up(cfg.chunk_size, cfg.batch_size))
+  except FileNotFoundError as error:
+    raise SystemExit(f"{name}: its stored latents are not all here: {error}") from None
   prior = banks.noise_bank(cfg.bank_dir, "prior", stored.shape, cfg.bank_seed)
   if prior.sha256 != record["banks"]["prior"]["sha256"]:
     raise SystemExit(f"{name}: the prior bank here ({prior.sha256[:12]}) is not the one its record names.")
-  real_max = record["sw2"]["norms"]["real"][-1]
+  real_max = evaluation.real_max_norm(record["sw2"]["norms"])
   num_sw2 = record["sw2"]["num_samples"]
-  far = np.flatnonzero(norms(stored[:num_sw2]) > real_max)
+  far = np.flatnonzero(evaluation.latent_norms(stored[:num_sw2]) > real_max)
   if len(far) == 0:
     raise SystemExit(f"{name}: no generated latent lies beyond the real maximum norm {real_max:.3g}.")
   others = np.setdiff1d(np.arange(num_sw2), far)
   control = np.sort(np.random.default_rng(seed).choice(others, size=min(len(far), len(others)), replace=False))
   rows = np.concatenate([far, control])
   # Where each group's starting noise lies among the bank's: far latents from the prior's own tail?
-  prior_norms = norms(prior.noise[:num_sw2])
+  prior_norms = evaluation.latent_norms(prior.noise[:num_sw2])
   percentile = lambda group: float(np.mean(np.searchsorted(np.sort(prior_norms), prior_norms[group]) / num_sw2))
 
   networks = sampling.trained_networks(config, workdir)
@@ -107,7 +106,7 @@ def study(config, workdir: str, name: str, seed: int = 0) -> tuple[dict, np.ndar
                **{group: group_summary(integrated[factor][part], finest[part], real_max)
                   for group, part in groups.items()}} for factor in STEP_FACTORS]
   space = latent_space.of(config)
-  shown = far[np.argsort(-norms(stored[far]))[:8]]  # the farthest first
+  shown = far[np.argsort(-evaluation.latent_norms(stored[far]))[:8]]  # the farthest first
   index = [int(np.flatnonzero(rows == r)[0]) for r in shown]
   # [far row, step count, H, W, C] -> one picture row per far latent, one column per step count.
   images = np.stack([np.asarray(space.decode(networks.vae, networks.vae_params, integrated[f][index]))

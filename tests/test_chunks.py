@@ -45,6 +45,15 @@ def test_chunks_are_computed_once_and_loaded_after(tmp_path):
   assert again.compute_seconds() is None  # a chunk of unknown cost: no total
 
 
+def test_load_reads_the_stored_chunks_only_and_names_a_missing_one(tmp_path):
+  store = chunks.ChunkStore(str(tmp_path))
+  store.array("x", _rows, total=10, chunk=4)
+  np.testing.assert_array_equal(store.load("x", total=10, chunk=4), _rows(0, 10))
+  with pytest.raises(FileNotFoundError, match=r"x_000000_000005.npy: no such chunk \(rows 0..5 of 10"):
+    store.load("x", total=10, chunk=5)  # stored under another chunk size
+  assert store.computed == 3  # load computed nothing
+
+
 def test_settings_name_the_store_and_other_settings_are_an_error(tmp_path):
   a = chunks.ChunkStore.keyed(str(tmp_path), "run", {"n": 1, "method": "rk4"})
   b = chunks.ChunkStore.keyed(str(tmp_path), "run", {"method": "rk4", "n": 1})  # order does not matter

@@ -91,7 +91,7 @@ def test_the_banks_and_the_sw2_protocol(trained, tmp_path):
   eps = banks.noise_bank(bank_dir, "posterior_test", tuple(record["banks"]["posterior_test"]["shape"]),
                          seed=5).noise
   _, _, z0 = evaluation.posterior_latents(networks, test, eps[:8])
-  latents = chunks.ChunkStore(record["stores"]["samples"]).array("latents", None, total=8, chunk=4)
+  latents = chunks.ChunkStore(record["stores"]["samples"]).load("latents", total=8, chunk=4)
   directions = sw2.projection_bank(z0[0].size, config.eval.sw2_projections, config.eval.sw2_seed)
   # The same float32 latents and float64 projections; z0 differs only by the encoder's batching (one
   # pass of 8 here, of 8 + 32 in the stage): float32 rounding of O(1) values, ~1e-6 relative.
@@ -222,18 +222,19 @@ def test_far_latents_integrates_the_far_rows_again_from_their_bank_noise(trained
   config = eval_config(str(tmp_path / "banks"), str(tmp_path / "cache"))
   config.sample.method, config.sample.num_steps = "rk4", 2
   record = evaluation.run(config, workdir)
-  latents = chunks.ChunkStore(record["stores"]["samples"]).array("latents", None, total=record["num_samples"],
-                                                                 chunk=4)
-  latent_norms = far_latents.norms(latents)
+  latents = chunks.ChunkStore(record["stores"]["samples"]).load("latents", total=record["num_samples"], chunk=4)
+  latent_norms = evaluation.latent_norms(latents)
   real_max = float(np.median(latent_norms))
-  record["sw2"]["norms"]["real"][-1] = real_max
+  norms = record["sw2"]["norms"]
+  norms["real"][norms["quantiles"].index(1.0)] = real_max
+  assert evaluation.real_max_norm(norms) == real_max
   (path,) = glob.glob(os.path.join(workdir, "eval", "*_rk4_2_n*.json"))
   records.write_json(path, record)
   study, images = far_latents.study(config, workdir, "tiny")
   far = np.flatnonzero(latent_norms > real_max)
   assert study["far_rows"] == far.tolist() and len(study["control_rows"]) == min(len(far), 8 - len(far))
   assert not set(study["control_rows"]) & set(study["far_rows"])
-  prior_norms = far_latents.norms(banks.noise_bank(str(tmp_path / "banks"), "prior", latents.shape,
+  prior_norms = evaluation.latent_norms(banks.noise_bank(str(tmp_path / "banks"), "prior", latents.shape,
                                                    config.eval.bank_seed).noise)
   # The mean over far rows of the fraction of the 8 bank rows whose z_T norm is smaller.
   assert study["prior_norm_percentile"]["far"] == pytest.approx(
