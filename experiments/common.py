@@ -186,6 +186,9 @@ STAGE_GROUPS = {
     "ldm": ("seed", "data", "schedule", "score_net", "gate", "ldm"),
     "cotrain": ("seed", "data", "schedule", "vae", "score_net", "cotrain"),
 }
+# The training stages, each the name of its config group (with a `training` group: cgdiff.train's
+# optimizer and loop settings) and of its directory in a workdir.
+TRAINING_STAGES = tuple(STAGE_GROUPS)
 # Settings in those groups that change how a run is logged or kept, or where data is read from, not
 # what it trains: they may change between runs.
 EXEMPT_TRAINING_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "tensorboard")

@@ -76,7 +76,7 @@ def posterior_latents(networks: sampling.TrainedNetworks, images: np.ndarray, ep
 def training_logs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, list[dict]]:
   """{stage: metrics.jsonl records} of every trained stage of `config` present (a shared VAE's too)."""
   logs = {}
-  for stage in common.STAGE_GROUPS:  # the training stages
+  for stage in common.TRAINING_STAGES:
     path = os.path.join(common.stage_dir(config, workdir, stage), writers.METRICS_FILE)
     if os.path.exists(path):
       logs[stage] = writers.read_metrics(path)
@@ -122,12 +122,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_floor = min(cfg.sw2_floor_draws, len(order) // num_sw2)
     floor_images = order[:num_floor * num_sw2]
     # One encoding pass (one compilation): the reference images, then the floor's training images.
-    post_mean, post_logvar, latents_real = posterior_latents(
+    post_mean, post_logvar, encoded_latents = posterior_latents(
         networks, np.concatenate([reference[:num_real], train[floor_images]]),
         np.concatenate([split_bank.noise[:num_real], train_bank.noise[floor_images]]))
   del train
-  real_latents = latents_real[:num_real]
-  floor_latents = np.split(latents_real[num_real:], num_floor) if num_floor else []
+  real_latents = encoded_latents[:num_real]
+  floor_latents = np.split(encoded_latents[num_real:], num_floor) if num_floor else []
   if num_floor < cfg.sw2_floor_draws:
     logging.warning("only %d disjoint sets of %d training images for the SW2 floor (%d asked for)",
                     num_floor, num_sw2, cfg.sw2_floor_draws)
@@ -151,14 +151,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   with timer("sw2"):
     directions = sw2.projection_bank(int(np.prod(latent_shape)), cfg.sw2_projections, seed=cfg.sw2_seed)
-    generated = sw2.tail_split(latents[:num_sw2], real_latents[:num_sw2], directions, cfg.sw2_tail)
+    sw2_split = sw2.tail_split(latents[:num_sw2], real_latents[:num_sw2], directions, cfg.sw2_tail)
     floor = (sw2.floor(floor_latents, real_latents[:num_sw2], directions, tail=cfg.sw2_tail) if floor_latents
              else {"values": [], "mean": None, "std": None})
     norms = _norm_tails(latents[:num_sw2], real_latents[:num_sw2])
   no_floor = {"mean": None, "std": None}
-  metrics = {"sw2_squared": generated["squared"], "sw2": float(np.sqrt(generated["squared"])),
+  metrics = {"sw2_squared": sw2_split["squared"], "sw2": float(np.sqrt(sw2_split["squared"])),
              "sw2_squared_real_vs_real_mean": floor["mean"], "sw2_squared_real_vs_real_std": floor["std"],
-             "sw2_squared_trimmed": generated["trimmed"], "sw2_tail_share": generated["tail_share"],
+             "sw2_squared_trimmed": sw2_split["trimmed"], "sw2_tail_share": sw2_split["tail_share"],
              "sw2_squared_trimmed_real_vs_real_mean": floor.get("trimmed", no_floor)["mean"],
              "sw2_squared_trimmed_real_vs_real_std": floor.get("trimmed", no_floor)["std"]}
 
@@ -201,7 +201,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
               "tail": cfg.sw2_tail,
               "trimmed": (f"the mean over directions of the squared gaps of the central ranks only, without "
                           f"the outer {cfg.sw2_tail:g} of them (half at each end)"),
-              "tail_share": generated["tail_share"],
+              "tail_share": sw2_split["tail_share"],
               "norms": norms},
       **fid_fields,
       "metrics": metrics,

@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from cgdiff import records
 from cgdiff.train import writers
 from configs import fmnist_base
-from experiments import fmnist_rows, fmnist_tables
+from experiments import common, fmnist_rows, fmnist_tables
 
 # Candidate sizes: overrides of fmnist_base. FLOPs of a batch-128 train step (XLA's count): VAE
 # (16, 32, 64) 5.1 GFLOP, (32, 64, 128) 19.8 GFLOP; UNet base 32 (1, 2, 2) with 1 ResBlock per level
@@ -92,7 +92,7 @@ def steps(group: str, count: int, log_every: int) -> list[str]:
 
 
 def all_steps(count: int, log_every: int) -> list[str]:
-  return [arg for group in ("vae", "ldm", "cotrain") for arg in steps(group, count, log_every)]
+  return [arg for group in common.TRAINING_STAGES for arg in steps(group, count, log_every)]
 
 
 def timing(candidate: str) -> dict:

@@ -35,10 +35,10 @@ import time
 from typing import Sequence
 
 from cgdiff.train import writers
-from experiments import common, fmnist_rows, program_costs, program_runs, row_figures, tables
+from experiments import common, fmnist_rows, fmnist_tables, program_costs, program_runs, row_figures, tables
 
 DEFAULT_ROOT = "runs/fmnist"
-DEFAULT_RESULTS = "experiments/results/fmnist"
+DEFAULT_RESULTS = fmnist_tables.FMNIST_RESULTS
 LOCK = "program.lock"
 PAUSED = "program.paused"  # present while `pause` holds the running row (the stall watchdog waits)
 # A row that writes nothing to its log for this long is hung (its stages log at least every few minutes:
@@ -282,15 +282,14 @@ def signal_running(root: str, sig: int) -> str:
 
 def status(root: str, results: str) -> str:
   from configs import fmnist_base  # pylint: disable=g-import-not-at-top
-  num_steps = fmnist_base.EPOCHS * fmnist_base.EPOCH_STEPS
   costs = {**program_costs.pilot_costs(results), **program_costs.measured_costs(root, results)}
   lock = read_lock(root)
   running = lock.get("run") if lock else None
   lines, left, unknown, counted = [], 0.0, False, set()
   whole, whole_counted = 0.0, set()
   for run in program_runs.planned_runs(root, results):
-    seconds = program_costs.remaining_seconds(run, costs, num_steps, counted)
-    run_whole = program_costs.remaining_seconds(run, costs, num_steps, whole_counted, whole=True)
+    seconds = program_costs.remaining_seconds(run, costs, counted=counted)
+    run_whole = program_costs.remaining_seconds(run, costs, counted=whole_counted, whole=True)
     unknown |= run_whole is None
     whole += run_whole or 0.0
     if run.done():

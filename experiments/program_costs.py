@@ -10,13 +10,15 @@ import json
 import os
 import statistics
 
+from cgdiff import score_targets
 from cgdiff.train import writers
-from experiments import program_runs
+from experiments import common, program_runs
 
 
-def _stage_kind(stage: str, config_path: str) -> str:
-  """Training stages cost per step by kind: the critic-gate LDMs run a gate network besides the UNet."""
-  if stage == "ldm" and "cg_" in os.path.basename(config_path):
+def _stage_kind(stage: str, config) -> str:
+  """Training stages cost per step by kind: an LDM whose target needs a gate (the critic-gate rows) runs
+  a gate network besides the UNet. config: the row's (None for a shared VAE's stages)."""
+  if stage == "ldm" and score_targets.get(config.ldm.target).needs_gate:
     return "ldm_gate"
   return stage
 
@@ -54,7 +56,7 @@ def _training_logs(run: program_runs.Run) -> list[tuple[str, str]]:
   log, else its committed copy (runs finished on an earlier machine)."""
   logs = []
   for home in run.homes():
-    config = "" if home.shared else run.row.config
+    config = None if home.shared else run.row.get_config()
     found = program_runs.stage_files(home.committed) | program_runs.stage_files(home.workdir)
     logs.extend((_stage_kind(stage, config), path) for stage, path in found.items())
   return logs
@@ -105,10 +107,10 @@ def pilot_costs(results: str) -> dict[str, float]:
   return costs
 
 
-def remaining_seconds(run: program_runs.Run, costs: dict[str, float], num_steps: int,
+def remaining_seconds(run: program_runs.Run, costs: dict[str, float], num_steps: int | None = None,
                       counted: set[str] | None = None, whole: bool = False) -> float | None:
-  """Seconds left for `run`: its training stages' remaining steps (latest checkpoint against num_steps)
-  and its eval (with its VAE's reconstructions where no earlier run computes them, if their cost is
+  """Seconds left for `run`: its training stages' remaining steps (latest checkpoint against num_steps,
+  default each stage's configured count) and its eval (with its VAE's reconstructions where no earlier run computes them, if their cost is
   known: the pilot's eval cost includes them); None where a cost is unknown. counted: the stage
   directories and VAEs already counted for earlier runs (a shared VAE is trained once, and its
   reconstructions computed once, by the first run that needs it); updated, for done runs too.
@@ -122,17 +124,18 @@ def remaining_seconds(run: program_runs.Run, costs: dict[str, float], num_steps:
   config = run.row.get_config()
   total = 0.0
   for stage in config.stages:
-    if stage in program_runs.TRAINING_STAGES:
-      home = run.vae_workdir if (stage in ("vae", "cotrain") and run.vae_workdir) else run.workdir
+    if stage in common.TRAINING_STAGES:
+      home = run.vae_workdir if (stage in common.VAE_SOURCES and run.vae_workdir) else run.workdir
       if os.path.join(home, stage) in counted:
         continue
       counted.add(os.path.join(home, stage))
       ckpts = glob.glob(os.path.join(home, stage, "checkpoints", "[0-9]*"))
       done = 0 if whole else max((int(os.path.basename(p)) for p in ckpts), default=0)
-      kind = _stage_kind(stage, run.row.config)
+      kind = _stage_kind(stage, config)
       if kind not in costs:
         return None
-      total += max(num_steps - done, 0) * costs[kind]
+      steps = config[stage].training.num_steps if num_steps is None else num_steps
+      total += max(steps - done, 0) * costs[kind]
     elif stage == "eval":
       if "eval" not in costs:
         return None

@@ -13,18 +13,16 @@ import sys
 from typing import Iterable, Sequence
 
 from cgdiff.train import writers
-from experiments import claims, fmnist_rows, fmnist_tables
+from experiments import claims, common, fmnist_rows, fmnist_tables
 
 FIRST_SEEDS = (0, 1)
 THIRD_SEED = 2
 ALL_SEEDS = FIRST_SEEDS + (THIRD_SEED,)
-# Training stages and what their cost is measured by (experiments.run's stage names).
-TRAINING_STAGES = ("vae", "cotrain", "ldm")
 
 
 def stage_files(directory: str | None, name: str = writers.METRICS_FILE) -> dict[str, str]:
   """{training stage: <directory>/<stage>/<name>} for each training stage that has that file."""
-  paths = {stage: os.path.join(directory, stage, name) for stage in TRAINING_STAGES} if directory else {}
+  paths = {stage: os.path.join(directory, stage, name) for stage in common.TRAINING_STAGES} if directory else {}
   return {stage: path for stage, path in paths.items() if os.path.exists(path)}
 
 
@@ -125,7 +123,7 @@ def vae_trained_again(run: Run, runs: Sequence[Run]) -> bool:
   workdir is gone here, so that the row's command trains it again (same seed and code; CPU XLA is
   deterministic, the README's Reliability section)."""
   if run.vae_workdir is None or any(os.path.isdir(os.path.join(run.vae_workdir, stage, "checkpoints"))
-                                    for stage in TRAINING_STAGES):
+                                    for stage in common.TRAINING_STAGES):
     return False
   return any(other.seed == run.seed and other.done() and not other.finished_here()
              and run.vae_workdir in (other.vae_workdir, other.workdir) for other in runs)

@@ -25,14 +25,15 @@ import subprocess
 from typing import Sequence
 
 from cgdiff import plots, records
-from experiments import fmnist_rows, program, program_runs
+from experiments import common, fmnist_rows, program, program_runs
 
 # (method, steps): RK4 at 5, 10, 20 steps; the other ODE solvers and DDIM at 40 NFE, RK4@10's budget; the
 # SDE samplers at 25, 50 and 100 steps (Heun-PC) and 001's fresh-noise variant at 50.
 SAMPLERS = (("rk4", 5), ("rk4", 10), ("rk4", 20), ("heun_ode", 20), ("euler_ode", 40), ("ddim", 40),
             ("heun_pc", 25), ("heun_pc", 50), ("heun_pc", 100), ("heun_pc_seed", 50))
 NUM_SAMPLES = 5000
-TRAINED = ("vae", "stats", "ldm", "cotrain")
+# The stages whose outputs sampling reads: the trained ones and the latent statistics.
+TRAINED = (*common.TRAINING_STAGES, "stats")
 
 
 def best_row(root: str, results: str | None = None) -> str:
@@ -143,7 +144,7 @@ def table(out_dir: str) -> str:
   for r in rows:
     lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {optional(r['fid'], '.2f')} | "
                  f"{r['sw2_squared']:.2e} | {optional(r.get('sw2_squared_trimmed'), '.2e')} | "
-                 f"{optional(r.get('beyond_real_max'), 'd')} | {r['sampling_seconds']:.0f} |")
+                 f"{optional(r.get('beyond_real_max'), 'd')} | {optional(r['sampling_seconds'], '.0f')} |")
   floor = rows[0]["sw2_squared_floor_mean"] if rows else float("nan")
   trimmed_floor = rows[0].get("sw2_squared_trimmed_floor_mean") if rows else None
   tail = rows[0].get("sw2_tail") if rows else None

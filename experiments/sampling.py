@@ -14,7 +14,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import ml_collections
 import numpy as np
-import tqdm
 from absl import logging
 
 from cgdiff import records, samplers
@@ -84,7 +83,7 @@ def batch_sampler(config: ml_collections.ConfigDict, networks: TrainedNetworks, 
 
 
 def sample_rows(run_batch: BatchSampler, key: jax.Array, batch_size: int, start: int, stop: int,
-                initial: np.ndarray | None = None, progress: str | None = None) -> np.ndarray:
+                initial: np.ndarray | None = None) -> np.ndarray:
   """Rows [start, stop) (start a multiple of batch_size) of the latents whose batch i, rows
   [i B, (i + 1) B), `run_batch` draws with key fold_in(key, i), starting from initial[i B:(i + 1) B] when
   `initial` [>= stop, *latent_shape] is given (the last batch padded with zeros, its extra rows dropped).
@@ -93,11 +92,8 @@ def sample_rows(run_batch: BatchSampler, key: jax.Array, batch_size: int, start:
     raise ValueError(f"start must be a multiple of batch_size={batch_size}, got {start}.")
   if initial is not None and len(initial) < stop:
     raise ValueError(f"initial noise has {len(initial)} rows, fewer than the {stop} asked for.")
-  batches = range(start // batch_size, -(-stop // batch_size))
-  if progress:
-    batches = tqdm.tqdm(batches, desc=progress, unit="batch")
   out = []
-  for i in batches:
+  for i in range(start // batch_size, -(-stop // batch_size)):
     z = None
     if initial is not None:
       z = np.asarray(initial[i * batch_size:(i + 1) * batch_size], np.float32)
@@ -111,13 +107,12 @@ def sample_rows(run_batch: BatchSampler, key: jax.Array, batch_size: int, start:
 
 def draw_latents(config: ml_collections.ConfigDict, networks: TrainedNetworks, *, method: str,
                  num_steps: int, num_samples: int, batch_size: int, key: jax.Array,
-                 initial: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
+                 initial: np.ndarray | None = None) -> np.ndarray:
   """[num_samples, *latent_shape] latents from the score network with `method` x `num_steps`, drawn
   in batches of `batch_size` (one compiled sampler; batch i uses fold_in(key, i)), from the prior noise
   `initial` [num_samples, *latent_shape] when given (else drawn from the batch's key)."""
   run_batch = batch_sampler(config, networks, method=method, num_steps=num_steps, batch_size=batch_size)
-  return sample_rows(run_batch, key, batch_size, 0, num_samples, initial,
-                     progress=f"{method} x {num_steps}" if progress else None)
+  return sample_rows(run_batch, key, batch_size, 0, num_samples, initial)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -138,7 +138,11 @@ def main(paths: list[str]) -> None:
     with open(path) as f:
       record = json.load(f)
     # (The first pilot records were written before the pilot named its stage.)
-    for table in TABLES[record.get("stage", "pilot" if "timing" in record else None)]:
+    stage = record.get("stage", "pilot" if "timing" in record else None)
+    if stage not in TABLES:
+      sys.exit(f"{path}: {stage!r} records have no table here (tables: {sorted(TABLES)}; the Fashion-MNIST "
+               "results are read from their directory).")
+    for table in TABLES[stage]:
       print(table(record), end="\n\n")
 
 

@@ -29,8 +29,6 @@ from cgdiff.models import build, gate
 from cgdiff.train import state
 from experiments import common, latent_space, sampling
 
-# The config groups with a `training` group (cgdiff.train's optimizer and loop settings).
-TRAINING_GROUPS = ("vae", "ldm", "cotrain")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -186,7 +184,7 @@ def config_problems(config: ml_collections.ConfigDict, stages: Sequence[str],
     p.choice("ldm.vae_source", common.VAE_SOURCES)
   if "cotrain" in config:
     p.choice("cotrain.score_target", objectives.COTRAIN_SCORE_TARGETS)
-  for group in TRAINING_GROUPS:
+  for group in common.TRAINING_STAGES:
     if group in config:
       _check_training(p, f"{group}.training")
   if "sample" in config:

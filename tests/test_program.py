@@ -264,6 +264,8 @@ def test_a_shared_vae_is_counted_once_in_what_is_left(tmp_path):
   c = program_costs.remaining_seconds(runs["c/s0"], costs, 10, counted)
   lsi = program_costs.remaining_seconds(runs["lsi/s0"], costs, 10, counted)
   assert (c, lsi) == (10 * 1.0 + 10 * 0.5 + 100.0 + 30.0, 10 * 0.5 + 100.0)
+  gated = program_costs.remaining_seconds(runs["cg_prior/s0"], {**costs, "ldm_gate": 0.75}, 10, counted)
+  assert gated == 10 * 0.75 + 100.0  # its target needs a gate network: costed as a gated LDM
   a = program_costs.remaining_seconds(runs["a/s0"], costs, 10, counted)
   b = program_costs.remaining_seconds(runs["b/s0"], costs, 10, counted)  # (a)'s co-trained VAE: counted with (a)
   assert (a, b) == (10 * 2.0 + 100.0 + 30.0, 10 * 0.5 + 100.0)

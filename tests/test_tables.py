@@ -94,6 +94,8 @@ def test_the_command_reads_a_results_directory_and_names_a_missing_record(tmp_pa
   assert "| 10.00 (1) |" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="missing.json: no such record"):
     tables.main([str(tmp_path / "missing.json")])
+  with pytest.raises(SystemExit, match="ldm_rk4_10_n10000.json: 'eval' records have no table here"):
+    tables.main([str(directory / "ldm_rk4_10_n10000.json")])
 
 
 def test_pilot_tables():
