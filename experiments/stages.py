@@ -1,7 +1,8 @@
-"""The stages of experiments.run, by name: what runs them and whether they train.
+"""The stages of experiments.run, by name, and what runs them.
 
-A training stage trains with cgdiff.train.loop from its config group's `training` settings (pmapped over
-the devices, checkpointed); the settings its checkpoints depend on are common.STAGE_GROUPS[name].
+A training stage (common.TRAINING_STAGES) trains with cgdiff.train.loop from its config group's `training`
+settings (pmapped over the devices, checkpointed); the settings its checkpoints depend on are
+common.STAGE_GROUPS[name].
 """
 
 from __future__ import annotations
@@ -10,20 +11,19 @@ from typing import Any, Callable, NamedTuple
 
 import ml_collections
 
-from experiments import diagnosis, evaluation, exact_field, sampling, training
+from experiments import common, diagnosis, evaluation, exact_field, sampling, training
 
 
 class Stage(NamedTuple):
   run: Callable[[ml_collections.ConfigDict, str], Any]  # (config, workdir) -> record or None
-  trains: bool = False
 
 
 STAGES: dict[str, Stage] = {
     "exact_field": Stage(exact_field.run),
-    "vae": Stage(training.run_vae, trains=True),
+    "vae": Stage(training.run_vae),
     "stats": Stage(training.run_stats),
-    "ldm": Stage(training.run_ldm, trains=True),
-    "cotrain": Stage(training.run_cotrain, trains=True),
+    "ldm": Stage(training.run_ldm),
+    "cotrain": Stage(training.run_cotrain),
     "sample": Stage(sampling.run),
     "eval": Stage(evaluation.run),
     "diagnose": Stage(diagnosis.run),
@@ -32,4 +32,4 @@ STAGES: dict[str, Stage] = {
 
 def training_stages(stages) -> tuple[str, ...]:
   """The stages among `stages` that train, in order (names that are no stage are left to validation)."""
-  return tuple(stage for stage in stages if stage in STAGES and STAGES[stage].trains)
+  return tuple(stage for stage in stages if stage in common.TRAINING_STAGES)

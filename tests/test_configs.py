@@ -103,9 +103,13 @@ def test_fmnist_rows_share_one_optimiser_and_budget():
   assert set(ROW_DEFINITIONS) == set(fmnist_rows.BY_NAME)
 
 
-def test_the_stage_table_trains_exactly_the_stages_with_stored_settings():
-  """stages.STAGES' training stages are the ones whose checkpoints' settings common.STAGE_GROUPS names."""
-  assert {name for name, stage in stages_lib.STAGES.items() if stage.trains} == set(common.STAGE_GROUPS)
+def test_the_training_stages_are_stages_and_have_training_settings():
+  """common.TRAINING_STAGES (the stages whose checkpoints' settings common.STAGE_GROUPS names) are stages
+  of experiments.run, each with a config group of its name holding `training` settings."""
+  assert set(common.TRAINING_STAGES) <= set(stages_lib.STAGES)
+  assert stages_lib.training_stages([*stages_lib.STAGES, "no_such_stage"]) == ("vae", "ldm", "cotrain")
+  config = fmnist_rows.BY_NAME["b"].get_config()
+  assert all(config[stage].training.num_steps > 0 for stage in common.TRAINING_STAGES)
 
 
 @pytest.mark.parametrize("path", ["configs/quickstart.py", "configs/toy.py", "configs/demo.py"])
