@@ -253,8 +253,6 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
       if os.path.exists(os.path.join(run.workdir, "failed.json")):
         os.remove(os.path.join(run.workdir, "failed.json"))
       record = program_runs.eval_record(run.workdir)
-      with open(os.path.join(run.workdir, "done.json"), "w") as f:
-        json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
       written = copy_artefacts(run) + update_figures(results)
       if readme:
         written += update_readme(readme, results)
@@ -262,6 +260,9 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
       log(f"{run.name}: done in {seconds / 3600:.2f} h: {result}")
       if do_commit and written:
         commit(written, f"Results {run.name} ({run.row.label}): {result}")
+      # Last: a run whose artefacts were not copied and committed is not done (Run.done).
+      with open(os.path.join(run.workdir, "done.json"), "w") as f:
+        json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
     os.remove(_lock_path(root))

@@ -92,8 +92,12 @@ class Run:
 
   def done(self) -> bool:
     """Finished here, or on an earlier machine whose workdirs are gone: the committed eval record under
-    `results` is what a run is for, so a run that has one is not run again."""
-    return self.finished_here() or self.committed_record() is not None
+    `results` is what a run is for, so a run that has one is not run again. Unless it was evaluated here
+    and the driver stopped before it copied and committed the artefacts (done.json comes last): then
+    its command runs again (every stage resumes from what is saved) and the driver finishes the job."""
+    if self.finished_here():
+      return True
+    return self.committed_record() is not None and eval_record(self.workdir) is None
 
   def committed_record(self) -> dict | None:
     if self.results_dir is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import threading
@@ -328,6 +329,31 @@ def test_a_readme_that_cannot_take_the_tables_does_not_keep_a_finished_run_from_
   committed = git("show", "--name-only", "--format=", "HEAD").stdout.split()
   assert "README.md" not in committed and any(path.startswith("results/c/s0/") for path in committed)
   assert "README tables not updated:" in capsys.readouterr().out
+
+
+def test_a_run_whose_commit_failed_is_not_done_and_is_finished_by_the_next_driver(fake_rows, monkeypatch):
+  """The driver died in the commit (its artefacts already copied): done.json, written last, is absent, so
+  the next driver runs the row's command again (it resumes; nothing is lost) and commits the run."""
+  repo = fake_rows / "repo"
+  git, readme = repo_with_readme(repo)
+  root, results = str(fake_rows / "runs"), str(repo / "results")
+  real_commit = program.commit
+
+  def failing_commit(paths, message, attempts=5):
+    raise subprocess.CalledProcessError(128, "git commit")
+
+  monkeypatch.setattr(program, "commit", failing_commit)
+  with pytest.raises(subprocess.CalledProcessError):
+    program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("c",), readme=str(readme))
+  run = program_runs.Run(fmnist_rows.BY_NAME["c"], 0, root, results)
+  assert run.committed_record() is not None and not run.finished_here() and not run.done()
+  monkeypatch.setattr(program, "commit", real_commit)
+  program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("c",), readme=str(readme))
+  assert calls(root) == ["c/s0", "c/s0"] and run.done()
+  assert any(path.startswith("results/c/s0/") for path in git("show", "--name-only", "--format=", "HEAD").stdout.split())
+  # A run finished on an earlier machine (its workdir gone, its record committed) is done.
+  shutil.rmtree(os.path.join(root, "c", "s0"))
+  assert run.done()
 
 
 def test_each_finished_run_draws_the_figures_across_rows_again(fake_rows, capsys):
