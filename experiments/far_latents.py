@@ -27,7 +27,7 @@ import numpy as np
 
 from cgdiff import chunks, plots, records, samplers
 from cgdiff.metrics import banks
-from experiments import evaluation, fmnist_rows, latent_space, program, program_runs, sampling
+from experiments import evaluation, fmnist_rows, fmnist_tables, latent_space, program_runs, sampling
 
 STEP_FACTORS = (1, 2, 4, 8)
 BATCH_SIZE = 64
@@ -89,7 +89,7 @@ def study(config, workdir: str, name: str, seed: int = 0) -> tuple[dict, np.ndar
   key = jax.random.PRNGKey(0)  # unused by the ODE samplers
   integrated = {}
   for factor in STEP_FACTORS:
-    program.log(f"far latents {name}: {len(rows)} rows, {method} x {steps * factor}")
+    program_runs.log(f"far latents {name}: {len(rows)} rows, {method} x {steps * factor}")
     run_batch = sampling.batch_sampler(config, networks, method=method, num_steps=steps * factor,
                                        batch_size=BATCH_SIZE)
     integrated[factor] = sampling.sample_rows(run_batch, key, BATCH_SIZE, 0, len(rows), prior.noise[rows])
@@ -143,8 +143,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("row", choices=sorted(fmnist_rows.BY_NAME))
   parser.add_argument("--seed", type=int, required=True)
-  parser.add_argument("--root", default=program.DEFAULT_ROOT)
-  parser.add_argument("--results", default=program.DEFAULT_RESULTS)
+  parser.add_argument("--root", default=program_runs.DEFAULT_ROOT)
+  parser.add_argument("--results", default=fmnist_tables.FMNIST_RESULTS)
   args = parser.parse_args(argv)
   run = program_runs.Run(fmnist_rows.BY_NAME[args.row], args.seed, args.root, args.results)
   if not run.finished_here():

@@ -9,7 +9,8 @@ Each (row, seed) is one `python -m experiments.run --config=<row config> --workd
 --config.seed=<seed> [--config.vae_workdir=<root>/<home>/s<seed>]`: the row's own command, which trains,
 samples and evaluates, resuming whatever is done. Rows that share a VAE point at the workdir that holds
 it. The order is seed 0 of every row, then seed 1 of every row, then a third seed of every row whose
-FID is within twice the spread between seeds of another row's (`program_runs.third_seed_rows`). A
+FID is within twice the spread between seeds of another row's (`program_runs.third_seed_rows`), then
+the sampler study (experiments.sampler_study) on the row of lowest mean FID, committed at the end. A
 finished run leaves `done.json` in its workdir; its records, figures and training logs are copied to
 <results>/<row>/s<seed>/, the figures across rows (experiments.row_figures) are drawn again and, with
 --commit, all are committed at once. A run whose eval record is there is done
@@ -22,6 +23,7 @@ saves the training step it is in (cgdiff.train.loop), waits for it and exits; th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import glob
 import json
@@ -30,14 +32,16 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from typing import Sequence
 
 from cgdiff.train import writers
-from experiments import common, fmnist_rows, fmnist_tables, program_costs, program_runs, row_figures, tables
+from experiments import (common, fmnist_rows, fmnist_tables, program_costs, program_runs, row_figures,
+                         sampler_study, tables)
 
-DEFAULT_ROOT = "runs/fmnist"
+DEFAULT_ROOT = program_runs.DEFAULT_ROOT
 DEFAULT_RESULTS = fmnist_tables.FMNIST_RESULTS
 LOCK = "program.lock"
 PAUSED = "program.paused"  # present while `pause` holds the running row (the stall watchdog waits)
@@ -102,7 +106,7 @@ def commit(paths: Sequence[str], message: str, attempts: int = 5) -> None:
     if add.returncode == 0 and result.returncode == 0:
       return
     if "index.lock" not in (add.stderr + result.stderr) or attempt == attempts - 1:
-      log(f"commit failed: {add.stderr.strip()} {result.stderr.strip()}")
+      program_runs.log(f"commit failed: {add.stderr.strip()} {result.stderr.strip()}")
       return
     time.sleep(5)
 
@@ -112,13 +116,13 @@ def update_readme(readme: str, results: str) -> list[str]:
   changes, which a commit of it would take along; returns [readme] where it changed."""
   directory = os.path.dirname(os.path.abspath(readme))
   if subprocess.run(["git", "-C", directory, "diff", "--quiet", "--", os.path.abspath(readme)]).returncode != 0:
-    log(f"{readme} has uncommitted changes: its tables are not updated "
+    program_runs.log(f"{readme} has uncommitted changes: its tables are not updated "
         f"(python -m experiments.tables --readme {readme} {results})")
     return []
   try:
     return [readme] if tables.write_readme(readme, results) else []
   except ValueError as error:  # the run's own artefacts are committed all the same
-    log(f"README tables not updated: {error}")
+    program_runs.log(f"README tables not updated: {error}")
     return []
 
 
@@ -130,13 +134,8 @@ def update_figures(results: str) -> list[str]:
     try:
       paths.append(figure(results))
     except (FileNotFoundError, ValueError) as error:
-      log(f"figures across rows: {figure.__name__} not drawn: {error}")
+      program_runs.log(f"figures across rows: {figure.__name__} not drawn: {error}")
   return paths
-
-
-def log(message: str) -> None:
-  stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-  print(f"[{stamp}] {message}", flush=True)
 
 
 def _lock_path(root: str) -> str:
@@ -161,40 +160,132 @@ def write_lock(root: str, **fields) -> None:
   os.replace(tmp, _lock_path(root))
 
 
-def run_one(run: program_runs.Run, overrides: Sequence[str], root: str, stall_seconds: float = STALL_SECONDS,
-            poll_seconds: float = 30.0) -> int:
-  """Runs `run`'s command (its output appended to <workdir>/run.log); returns its exit status, or
-  STALLED after killing a run whose log has not grown for `stall_seconds` while not paused (a hung
-  process: the retry resumes it from its newest intact checkpoint)."""
-  os.makedirs(run.workdir, exist_ok=True)
-  command = run.command(overrides)
-  log_path = os.path.join(run.workdir, "run.log")
-  with open(log_path, "a") as out:
-    out.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(command)}\n")
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """A process the driver runs and watches: a row at a seed, or the sampler study."""
+  name: str
+  command: list[str]
+  log_path: str  # its output is appended here
+  # Other logs its children write to (the study's evals, a row trained again): output there is progress.
+  watch: tuple[str, ...] = ()
+
+
+def row_job(run: program_runs.Run, overrides: Sequence[str]) -> Job:
+  return Job(run.name, run.command(overrides), os.path.join(run.workdir, "run.log"))
+
+
+def study_job(run: program_runs.Run, root: str, results: str) -> Job:
+  """The sampler study on `run` (experiments.sampler_study run: resumable, and it trains the run again
+  first where its checkpoints are not on this machine)."""
+  command = [sys.executable, "-m", "experiments.sampler_study", "run", f"--row={run.row.name}",
+             f"--seed={run.seed}", f"--root={root}", f"--results={results}"]
+  study_log = os.path.join(sampler_study.study_workdir_path(run, root), "run.log")
+  return Job(f"sampler study {run.name}", command, os.path.join(root, "sampler_study", "driver.log"),
+             watch=(study_log, os.path.join(run.workdir, "run.log")))
+
+
+def run_one(job: Job, root: str, stall_seconds: float = STALL_SECONDS, poll_seconds: float = 30.0) -> int:
+  """Runs `job`'s command (its output appended to its log); returns its exit status, or STALLED after
+  killing a job none of whose logs has grown for `stall_seconds` while not paused (a hung process: the
+  retry resumes it from its newest intact checkpoint or chunk)."""
+  os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
+  watched = (job.log_path, *job.watch)
+  with open(job.log_path, "a") as out:
+    out.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(job.command)}\n")
     out.flush()
-    child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    write_lock(root, run=run.name, child_pgid=child.pid, started=time.time())
+    child = subprocess.Popen(job.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    write_lock(root, run=job.name, child_pgid=child.pid, started=time.time())
     last_size, last_change = -1, time.time()
     while True:
       try:
         return child.wait(timeout=poll_seconds)
       except subprocess.TimeoutExpired:
         pass
-      size = os.path.getsize(log_path)
+      size = sum(os.path.getsize(path) for path in watched if os.path.exists(path))
       if size != last_size or os.path.exists(os.path.join(root, PAUSED)):
         last_size, last_change = size, time.time()
       elif time.time() - last_change > stall_seconds:
-        log(f"{run.name}: no output for {stall_seconds:.0f} s: stalled; killing process group {child.pid}")
+        program_runs.log(f"{job.name}: no output for {stall_seconds:.0f} s: stalled; "
+                         f"killing process group {child.pid}")
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
         return STALLED
+
+
+def attempt(job: Job, root: str, stop: threading.Event) -> tuple[int, float]:
+  """Runs `job` until it succeeds, a SIGTERM stops it, it has crashed twice or stalled more than
+  MAX_STALLS times; returns its last exit status and its seconds over every attempt, hangs included."""
+  crashes = stalls = 0
+  start = time.time()
+  while True:
+    program_runs.log(f"{job.name}: start (attempt {crashes + stalls + 1}): {' '.join(job.command)}")
+    status = run_one(job, root)
+    seconds = time.time() - start
+    if status == 0 or stop.is_set():
+      return status, seconds
+    program_runs.log(f"{job.name}: exit status {status}, {seconds:.0f} s after its first attempt began; "
+                     f"log {job.log_path}")
+    if status == STALLED:
+      stalls += 1
+    else:
+      crashes += 1
+    if crashes > 1 or stalls > MAX_STALLS:
+      return status, seconds
+
+
+def finish_run(run: program_runs.Run, seconds: float, results: str, do_commit: bool, readme: str | None) -> None:
+  """Copies a finished run's artefacts, draws the figures across rows and writes the README's tables
+  again, commits them, then marks it done."""
+  if os.path.exists(os.path.join(run.workdir, "failed.json")):
+    os.remove(os.path.join(run.workdir, "failed.json"))
+  record = program_runs.eval_record(run.workdir)
+  written = copy_artefacts(run) + update_figures(results)
+  if readme:
+    written += update_readme(readme, results)
+  result = program_runs.summary(record) if record else "no eval record"
+  program_runs.log(f"{run.name}: done in {seconds / 3600:.2f} h: {result}")
+  if do_commit and written:
+    commit(written, f"Results {run.name} ({run.row.label}): {result}")
+  # Last: a run whose artefacts were not copied and committed is not done (Run.done).
+  with open(os.path.join(run.workdir, "done.json"), "w") as f:
+    json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
+
+
+def pending_study(root: str, results: str) -> program_runs.Run | None:
+  """The run the sampler study is for once every planned run is done (the row with the lowest mean FID
+  over its seeds, at a seed whose checkpoints are here if any), or None: runs are left, or its study
+  is finished."""
+  runs = program_runs.planned_runs(root, results)
+  if not all(run.done() for run in runs):
+    return None
+  row = sampler_study.best_row(root, results)
+  run = sampler_study.study_run(row, sampler_study.default_seed(row, root, results), root, results)
+  return None if sampler_study.finished(sampler_study.results_dir(run, results)) else run
+
+
+def run_sampler_study(run: program_runs.Run, root: str, results: str, do_commit: bool, stop: threading.Event) -> None:
+  """The program's last step: the sampler study on `run`; its records, study.json and study.png are
+  committed under <results>/sampler_study/<row>_s<seed>/."""
+  job = study_job(run, root, results)
+  status, seconds = attempt(job, root, stop)
+  if status != 0:
+    why = "stopped by SIGTERM" if stop.is_set() else "failed"
+    program_runs.log(f"{job.name}: {why} (exit status {status}); the next `run` resumes it")
+    return
+  out_dir = sampler_study.results_dir(run, results)
+  program_runs.log(f"{job.name}: done in {seconds / 3600:.2f} h: {out_dir}")
+  written = sorted(os.path.join(out_dir, name) for name in os.listdir(out_dir))
+  if do_commit and written:
+    commit(written, f"Sampler study {run.name} ({run.row.label}): {len(sampler_study.SAMPLERS)} samplers "
+                    f"at N = {sampler_study.NUM_SAMPLES}")
 
 
 def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bool,
                 seeds: Sequence[int] | None = None, rows: Sequence[str] | None = None,
                 readme: str | None = None) -> None:
   """Runs every planned run that is not done, in order (only `seeds` / `rows` where given); with
-  `readme`, writes the tables of `results` into it as each run finishes (committed with the run)."""
+  `readme`, writes the tables of `results` into it as each run finishes (committed with the run). The
+  whole program (no `seeds`, `rows` or `overrides`) ends with the sampler study once every run is done."""
   os.makedirs(root, exist_ok=True)
   other = read_lock(root)
   if other is not None:
@@ -205,7 +296,7 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
 
   def request_stop(signum, frame):
     del signum, frame
-    log("SIGTERM: stopping; the running row, if any, is asked to save its step")
+    program_runs.log("SIGTERM: stopping; the running row, if any, is asked to save its step")
     stop.set()
     for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: a paused row handles the SIGTERM now
       try:
@@ -226,43 +317,21 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
       run = todo[0]
       attempted.add(run.name)
       if program_runs.vae_trained_again(run, program_runs.runs_for((run.seed,), root, results=results)):
-        log(f"{run.name}: its VAE ({run.vae_workdir}) was trained on an earlier machine and is gone; trained again")
-      crashes = stalls = 0
-      start = time.time()  # the row's time over all its attempts, hangs included
-      while True:
-        log(f"{run.name}: start (attempt {crashes + stalls + 1}): {' '.join(run.command(overrides))}")
-        status = run_one(run, overrides, root)
-        seconds = time.time() - start
-        if status == 0 or stop.is_set():
-          break
-        log(f"{run.name}: exit status {status}, {seconds:.0f} s after its first attempt began; "
-            f"log {run.workdir}/run.log")
-        if status == STALLED:
-          stalls += 1
-        else:
-          crashes += 1
-        if crashes > 1 or stalls > MAX_STALLS:
-          break
+        program_runs.log(f"{run.name}: its VAE ({run.vae_workdir}) was trained on an earlier machine and is "
+                         "gone; trained again")
+      status, seconds = attempt(row_job(run, overrides), root, stop)
       if stop.is_set() and status != 0:
-        log(f"{run.name}: stopped by SIGTERM (exit status {status}); the next `run` resumes it")
+        program_runs.log(f"{run.name}: stopped by SIGTERM (exit status {status}); the next `run` resumes it")
         break
       if status != 0:
         with open(os.path.join(run.workdir, "failed.json"), "w") as f:
           json.dump({"failed": datetime.datetime.now().isoformat(timespec="seconds"), "status": status}, f)
         continue
-      if os.path.exists(os.path.join(run.workdir, "failed.json")):
-        os.remove(os.path.join(run.workdir, "failed.json"))
-      record = program_runs.eval_record(run.workdir)
-      written = copy_artefacts(run) + update_figures(results)
-      if readme:
-        written += update_readme(readme, results)
-      result = program_runs.summary(record) if record else "no eval record"
-      log(f"{run.name}: done in {seconds / 3600:.2f} h: {result}")
-      if do_commit and written:
-        commit(written, f"Results {run.name} ({run.row.label}): {result}")
-      # Last: a run whose artefacts were not copied and committed is not done (Run.done).
-      with open(os.path.join(run.workdir, "done.json"), "w") as f:
-        json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
+      finish_run(run, seconds, results, do_commit, readme)
+    whole_program = seeds is None and rows is None and not overrides
+    study = pending_study(root, results) if whole_program and not stop.is_set() else None
+    if study is not None:
+      run_sampler_study(study, root, results, do_commit, stop)
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
     os.remove(_lock_path(root))
@@ -308,14 +377,39 @@ def status(root: str, results: str) -> str:
       state = "started" if os.path.exists(os.path.join(run.workdir, "run.log")) else "left"
     eta = "?" if seconds is None else f"{seconds / 3600:.1f} h"
     lines.append(f"  {state:8s} {run.name:16s} ~{eta}")
+  study = study_status(root, results, costs, running)
+  if study.startswith("left"):
+    seconds = program_costs.study_seconds(costs)
+    unknown |= seconds is None
+    left += seconds or 0.0
+    whole += seconds or 0.0
+  lines.append(f"  {study}")
   head = f"program in {root}: " + (f"driver pid {lock['pid']}, running {running}" if lock else "not running")
   unknown_part = " (+ runs of unknown cost)" if unknown else ""
   total = (f"left: ~{left / 3600:.1f} h{unknown_part}; the whole program at these costs: ~{whole / 3600:.1f} h"
            f"{unknown_part} of this machine (budget: {fmnist_base.PROGRAM_BUDGET_HOURS} h)")
   third = program_runs.third_seed_rows(program_runs.fids_by_row(root, program_runs.FIRST_SEEDS, results))
   return "\n".join([head, *lines, total, f"third seeds called for: {third or 'none (yet)'}",
-                    "costs (s/step by stage kind; s per eval, per VAE's reconstructions): "
-                    + json.dumps({k: round(v, 3) for k, v in costs.items()})])
+                    "costs (s/step by stage kind; s per eval, per VAE's reconstructions; an eval's s per sample and "
+                    "its sampling's per sample and NFE): "
+                    + json.dumps({k: float(f"{v:.3g}") for k, v in costs.items()})])
+
+
+def study_status(root: str, results: str, costs: dict[str, float], running: str | None) -> str:
+  """The sampler study's line of `status`: done (where its records are), running, or left (its cost)."""
+  done = sorted(os.path.basename(os.path.dirname(path)) for path in
+                glob.glob(os.path.join(results, "sampler_study", "*", "study.json"))
+                if sampler_study.finished(os.path.dirname(path)))
+  if done:
+    return f"done     sampler study    {', '.join(done)} ({os.path.join(results, 'sampler_study')})"
+  if running and running.startswith("sampler study"):
+    return f"running  {running}"
+  seconds = program_costs.study_seconds(costs)
+  eta = "?" if seconds is None else f"{seconds / 3600:.1f} h"
+  fids = program_runs.fids_by_row(root, program_runs.ALL_SEEDS, results)
+  best = (f", on the row of lowest mean FID (now {sampler_study.best_row(root, results)})"
+          if any(len(values) >= len(program_runs.FIRST_SEEDS) for values in fids.values()) else "")
+  return f"left     sampler study    ~{eta} (after the runs{best})"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -10,9 +10,9 @@ import json
 import os
 import statistics
 
-from cgdiff import score_targets
+from cgdiff import samplers, score_targets
 from cgdiff.train import writers
-from experiments import common, program_runs
+from experiments import common, program_runs, sampler_study
 
 
 def _stage_kind(stage: str, config) -> str:
@@ -65,9 +65,11 @@ def _training_logs(run: program_runs.Run) -> list[tuple[str, str]]:
 def measured_costs(root: str, results: str | None = None) -> dict[str, float]:
   """Seconds per training step of each stage kind (median steps/s of every logged interval so far),
   seconds per eval without the once-only parts ("eval") and for a VAE's reconstructions ("recon"), the
-  means over the eval records, over the whole program's workdirs and committed results."""
+  means over the eval records, over the whole program's workdirs and committed results; and, from the
+  records that hold their sampling's compute time, the eval's seconds per sample without the sampling
+  ("eval_per_sample") and the sampling's per sample and network evaluation ("sampling_per_nfe_sample")."""
   rates: dict[str, list[float]] = {}
-  evals, recons = [], []
+  evals, recons, per_sample, per_nfe_sample = [], [], [], []
   seen: set[str] = set()  # a shared VAE's log counts once
   for run in program_runs.runs_for(program_runs.ALL_SEEDS, root, results=results):
     for kind, path in _training_logs(run):
@@ -81,12 +83,30 @@ def measured_costs(root: str, results: str | None = None) -> dict[str, float]:
       evals.append(cost)
       if recon is not None:
         recons.append(recon)
+      sampling = (record.get("compute_seconds") or {}).get(CHUNKED_PARTS["sampling"])
+      if sampling is not None:
+        per_nfe_sample.append(sampling / (record["nfe"] * record["num_samples"]))
+        per_sample.append((cost - sampling) / record["num_samples"])
   costs = {kind: 1.0 / statistics.median(values) for kind, values in rates.items() if values}
   if evals:
     costs["eval"] = statistics.fmean(evals)
   if recons:
     costs["recon"] = statistics.fmean(recons)
+  if per_sample:
+    costs["eval_per_sample"] = statistics.fmean(per_sample)
+    costs["sampling_per_nfe_sample"] = statistics.fmean(per_nfe_sample)
   return costs
+
+
+def study_seconds(costs: dict[str, float]) -> float | None:
+  """The sampler study's seconds at these costs (each sampler: an eval at its N without the sampling,
+  per sample, plus its sampling, per network evaluation and sample), a trained run's; None where the
+  eval records do not yet hold the split."""
+  if "eval_per_sample" not in costs:
+    return None
+  return sum(sampler_study.NUM_SAMPLES * (costs["eval_per_sample"]
+                                          + costs["sampling_per_nfe_sample"] * samplers.nfe(method, steps))
+             for method, steps in sampler_study.SAMPLERS)
 
 
 def pilot_costs(results: str) -> dict[str, float]:
@@ -110,8 +130,8 @@ def pilot_costs(results: str) -> dict[str, float]:
 def remaining_seconds(run: program_runs.Run, costs: dict[str, float], num_steps: int | None = None,
                       counted: set[str] | None = None, whole: bool = False) -> float | None:
   """Seconds left for `run`: its training stages' remaining steps (latest checkpoint against num_steps,
-  default each stage's configured count) and its eval (with its VAE's reconstructions where no earlier run computes them, if their cost is
-  known: the pilot's eval cost includes them); None where a cost is unknown. counted: the stage
+  default each stage's configured count) and its eval (with its VAE's reconstructions where no earlier
+  run computes them, if their cost is known: the pilot's eval cost includes them); None where a cost is unknown. counted: the stage
   directories and VAEs already counted for earlier runs (a shared VAE is trained once, and its
   reconstructions computed once, by the first run that needs it); updated, for done runs too.
   whole: the run's cost from its first step instead, done or not (the program's total at these costs)."""

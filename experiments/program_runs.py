@@ -1,13 +1,14 @@
 """The results program's runs: every row of the Fashion-MNIST table (experiments/fmnist_rows.py) at each
 seed, where each lives, which are done, and which rows the finished seeds call a third seed for.
 
-Read by the driver (experiments/program.py), its ETA (experiments/program_costs.py) and the sampler
-study; nothing here starts a process.
+Read by the driver (experiments/program.py), its ETA (experiments/program_costs.py), the sampler study
+and far_latents; nothing here starts a process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import sys
 from typing import Iterable, Sequence
@@ -15,9 +16,16 @@ from typing import Iterable, Sequence
 from cgdiff.train import writers
 from experiments import claims, common, fmnist_rows, fmnist_tables
 
+DEFAULT_ROOT = "runs/fmnist"  # where the program's workdirs go
 FIRST_SEEDS = (0, 1)
 THIRD_SEED = 2
 ALL_SEEDS = FIRST_SEEDS + (THIRD_SEED,)
+
+
+def log(message: str) -> None:
+  """A time-stamped line on stdout: the driver's, the sampler study's and far_latents' progress."""
+  stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+  print(f"[{stamp}] {message}", flush=True)
 
 
 def stage_files(directory: str | None, name: str = writers.METRICS_FILE) -> dict[str, str]:

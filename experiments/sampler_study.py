@@ -25,7 +25,7 @@ import subprocess
 from typing import Sequence
 
 from cgdiff import plots, records
-from experiments import common, fmnist_rows, program, program_runs
+from experiments import common, fmnist_rows, fmnist_tables, program_runs
 
 # (method, steps): RK4 at 5, 10, 20 steps; the other ODE solvers and DDIM at 40 NFE, RK4@10's budget; the
 # SDE samplers at 25, 50 and 100 steps (Heun-PC) and 001's fresh-noise variant at 50.
@@ -63,16 +63,35 @@ def train_again(run: program_runs.Run) -> None:
   stopped."""
   config = run.row.get_config()
   stages = [stage for stage in config.stages if stage in TRAINED]
-  program.log(f"sampler study {run.name}: its checkpoints are not on this machine; training {stages} again")
+  program_runs.log(f"sampler study {run.name}: its checkpoints are not on this machine; training {stages} again")
   os.makedirs(run.workdir, exist_ok=True)
   with open(os.path.join(run.workdir, "run.log"), "a") as log:
     subprocess.run(run.command([f"--stages={','.join(stages)}"]), stdout=log, stderr=subprocess.STDOUT,
                    check=True)
 
 
+def study_workdir_path(run: program_runs.Run, root: str) -> str:
+  return os.path.join(root, "sampler_study", f"{run.row.name}_s{run.seed}")
+
+
+def results_dir(run: program_runs.Run, results: str) -> str:
+  """Where the study of `run` is copied: <results>/sampler_study/<row>_s<seed>."""
+  return os.path.join(results, "sampler_study", f"{run.row.name}_s{run.seed}")
+
+
+def finished(out_dir: str) -> bool:
+  """Whether `out_dir`'s study.json holds every sampler of SAMPLERS."""
+  try:
+    with open(os.path.join(out_dir, "study.json")) as f:
+      done = {(r["sampler"], r["steps"]) for r in json.load(f)["samplers"]}
+  except FileNotFoundError:
+    return False
+  return set(SAMPLERS) <= done
+
+
 def study_workdir(run: program_runs.Run, root: str) -> str:
   """<root>/sampler_study/<row>_s<seed>, its trained stage directories linked to the row's."""
-  workdir = os.path.join(root, "sampler_study", f"{run.row.name}_s{run.seed}")
+  workdir = study_workdir_path(run, root)
   os.makedirs(workdir, exist_ok=True)
   for stage in TRAINED:
     source = os.path.join(run.workdir, stage)
@@ -91,14 +110,14 @@ def run_study(row: str, seed: int, root: str, results: str) -> str:
   if not run.finished_here():
     train_again(run)
   workdir = study_workdir(run, root)
-  out_dir = os.path.join(results, "sampler_study", f"{row}_s{seed}")
+  out_dir = results_dir(run, results)
   for method, steps in SAMPLERS:
     if glob.glob(os.path.join(workdir, "eval", f"*_{method}_{steps}_n{NUM_SAMPLES}.json")):
       continue
     command = run.command(["--stages=eval", f"--config.sample.method={method}",
                            f"--config.sample.num_steps={steps}", f"--config.eval.num_samples={NUM_SAMPLES}"])
     command[command.index(f"--workdir={run.workdir}")] = f"--workdir={workdir}"
-    program.log(f"sampler study {run.name}: {method} x {steps}")
+    program_runs.log(f"sampler study {run.name}: {method} x {steps}")
     with open(os.path.join(workdir, "run.log"), "a") as log:
       subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
   os.makedirs(out_dir, exist_ok=True)
@@ -159,8 +178,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--row", default="best", help="a row name, or 'best' (lowest mean FID over its seeds)")
   parser.add_argument("--seed", type=int, default=None,
                       help="default: the first seed finished on this machine, else 0")
-  parser.add_argument("--root", default=program.DEFAULT_ROOT)
-  parser.add_argument("--results", default=program.DEFAULT_RESULTS)
+  parser.add_argument("--root", default=program_runs.DEFAULT_ROOT)
+  parser.add_argument("--results", default=fmnist_tables.FMNIST_RESULTS)
   return parser.parse_args(argv)
 
 
@@ -170,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   if row not in fmnist_rows.BY_NAME:
     raise SystemExit(f"unknown row {row!r}; the rows are {sorted(fmnist_rows.BY_NAME)}.")
   seed = default_seed(row, args.root, args.results) if args.seed is None else args.seed
-  out_dir = os.path.join(args.results, "sampler_study", f"{row}_s{seed}")
+  out_dir = results_dir(study_run(row, seed, args.root, args.results), args.results)
   if args.action == "run":
     out_dir = run_study(row, seed, args.root, args.results)
   print(table(out_dir))

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from experiments import fmnist_rows, program, program_costs, program_runs, tables
+from experiments import fmnist_rows, program, program_costs, program_runs, sampler_study, tables
 from test_tables import write_diagnose_record
 
 # A stand-in for `experiments.run`: writes an eval record with FID = 10 + seed and a training log, or
@@ -113,11 +113,11 @@ def test_a_hung_row_is_retried_up_to_max_stalls_times(monkeypatch, fake_rows):
   root, results = str(fake_rows / "runs"), str(fake_rows / "results")
   real_run_one, attempts = program.run_one, {}
 
-  def run_one(run, overrides, root):  # hangs `stalls` times, then runs for real
-    os.makedirs(run.workdir, exist_ok=True)
-    attempts[run.name] = attempts.get(run.name, 0) + 1
-    stalls = {"c/s0": program.MAX_STALLS, "lsi/s0": program.MAX_STALLS + 1}[run.name]
-    return program.STALLED if attempts[run.name] <= stalls else real_run_one(run, overrides, root)
+  def run_one(job, root):  # hangs `stalls` times, then runs for real
+    os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
+    attempts[job.name] = attempts.get(job.name, 0) + 1
+    stalls = {"c/s0": program.MAX_STALLS, "lsi/s0": program.MAX_STALLS + 1}[job.name]
+    return program.STALLED if attempts[job.name] <= stalls else real_run_one(job, root)
 
   monkeypatch.setattr(program, "run_one", run_one)
   program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
@@ -387,11 +387,83 @@ def test_a_run_whose_log_stops_growing_is_killed_as_stalled_unless_paused(monkey
   root = str(tmp_path / "runs")
   os.makedirs(root)
   run = program_runs.runs_for((0,), root)[0]
-  status = program.run_one(run, (), root, stall_seconds=2.0, poll_seconds=0.5)
+  status = program.run_one(program.row_job(run, ()), root, stall_seconds=2.0, poll_seconds=0.5)
   assert status == program.STALLED
   assert "started" in open(os.path.join(run.workdir, "run.log")).read()
   # Paused (program pause): the silence is expected; the run finishes on its own, here within the window.
   quick = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(3)"]
   monkeypatch.setattr(program_runs.Run, "command", lambda self, overrides=(): quick)
   open(os.path.join(root, program.PAUSED), "w").close()
-  assert program.run_one(run, (), root, stall_seconds=1.0, poll_seconds=0.5) == 0
+  assert program.run_one(program.row_job(run, ()), root, stall_seconds=1.0, poll_seconds=0.5) == 0
+
+
+def test_output_in_any_watched_log_is_progress(tmp_path):
+  """The sampler study's evals and a row trained again for it write their own logs, not the study
+  driver's: growth there keeps the watchdog off."""
+  root, other = str(tmp_path / "runs"), str(tmp_path / "child.log")
+  os.makedirs(root)
+  writes_elsewhere = [sys.executable, "-c", "import time\nfor _ in range(8):\n  open(%r, 'a').write('x')\n"
+                      "  time.sleep(0.5)" % other]
+  job = program.Job("study", writes_elsewhere, str(tmp_path / "driver.log"), watch=(other,))
+  assert program.run_one(job, root, stall_seconds=2.0, poll_seconds=0.5) == 0
+  silent = program.Job("study", writes_elsewhere, str(tmp_path / "driver2.log"))
+  assert program.run_one(silent, root, stall_seconds=2.0, poll_seconds=0.5) == program.STALLED
+
+
+# A stand-in for `experiments.sampler_study run`: a study.json of every sampler in the run's results
+# directory, and a line in calls.txt.
+FAKE_STUDY = r"""
+import json, os, sys
+out_dir, root, name = sys.argv[1:4]
+os.makedirs(out_dir, exist_ok=True)
+samplers = [{"sampler": method, "steps": steps} for method, steps in json.loads(sys.argv[4])]
+json.dump({"num_samples": 8, "samplers": samplers}, open(os.path.join(out_dir, "study.json"), "w"))
+open(os.path.join(root, "calls.txt"), "a").write(f"study:{name}\n")
+"""
+
+
+def test_the_whole_program_ends_with_the_sampler_study_on_its_best_row_once(fake_rows, monkeypatch):
+  repo = fake_rows / "repo"
+  git = git_repo(repo)
+  root, results = str(fake_rows / "runs"), str(repo / "results")
+  two_rows = [fmnist_rows.BY_NAME["c"], fmnist_rows.BY_NAME["lsi"]]
+  # The plan: two rows at two seeds (FIDs 10 and 11 in both, the stand-in's; their third seeds left out).
+  monkeypatch.setattr(program_runs, "planned_runs",
+                      lambda root, results=None: program_runs.runs_for((0, 1), root, two_rows, results))
+  script = fake_rows / "fake_study.py"
+  script.write_text(FAKE_STUDY)
+
+  def fake_study_job(run, root, results):
+    out_dir = sampler_study.results_dir(run, results)
+    command = [sys.executable, str(script), out_dir, root, run.name, json.dumps(sampler_study.SAMPLERS)]
+    return program.Job(f"sampler study {run.name}", command, os.path.join(root, "sampler_study", "driver.log"))
+
+  monkeypatch.setattr(program, "study_job", fake_study_job)
+  assert "left     sampler study" in program.status(root, results)
+  program.run_program(root, results, ("--config.x=1",), do_commit=True)  # overrides: not the program
+  assert calls(root) == ["c/s0", "lsi/s0", "c/s1", "lsi/s1"]
+  program.run_program(root, results, (), do_commit=True)
+  assert calls(root)[4:] == ["study:c/s0"]  # the best row (a tie: the first), at its first seed here
+  assert git("log", "-1", "--format=%s").stdout.startswith("Sampler study c/s0")
+  assert git("show", "--name-only", "--format=", "HEAD").stdout.split() == ["results/sampler_study/c_s0/study.json"]
+  assert "done     sampler study    c_s0" in program.status(root, results)
+  program.run_program(root, results, (), do_commit=True)
+  assert calls(root)[4:] == ["study:c/s0"]  # finished: not run again
+
+
+def test_the_sampler_study_is_costed_per_sample_and_network_evaluation(tmp_path, monkeypatch):
+  """A study of the protocol's own sampler (RK4 x 10, 40 NFE) at the eval's N costs what the eval did;
+  twice the NFE adds the sampling's cost once more."""
+  root, results = str(tmp_path / "runs"), str(tmp_path / "results")
+  target = os.path.join(results, "c", "s0")
+  os.makedirs(target)
+  record = {"stage": "eval", "metrics": {"fid": 10.0}, "nfe": 40, "num_samples": 10,
+            "wall_seconds": {"sampling": 4.0, "total": 10.0}, "compute_seconds": {"samples": 4.0}}
+  json.dump(record, open(os.path.join(target, "ldm_rk4_10_n10.json"), "w"))
+  costs = program_costs.measured_costs(root, results)
+  assert program_costs.study_seconds({}) is None
+  monkeypatch.setattr(sampler_study, "NUM_SAMPLES", 10)
+  monkeypatch.setattr(sampler_study, "SAMPLERS", (("rk4", 10),))
+  assert program_costs.study_seconds(costs) == pytest.approx(costs["eval"]) == pytest.approx(10.0)
+  monkeypatch.setattr(sampler_study, "SAMPLERS", (("rk4", 20),))
+  assert program_costs.study_seconds(costs) == pytest.approx(10.0 + 4.0)
