@@ -266,9 +266,43 @@ def diagnose_table(records: dict[str, list[dict[str, Any]]]) -> str:
   return "\n".join(lines)
 
 
+def sampler_study_table(study_dir: str) -> str:
+  """The sampler study's table from <study_dir>/study.json (experiments.sampler_study): each sampler's
+  FID at the study's N, SW2^2 untrimmed and trimmed, latents beyond the real maximum norm and sampling
+  seconds; under it the floors."""
+  with open(os.path.join(study_dir, "study.json")) as f:
+    study = json.load(f)
+  rows = study["samplers"]
+  lines = [f"| sampler | steps | NFE | FID (N = {study['num_samples']:,}) | SW2^2 | trimmed SW2^2 "
+           "| latents beyond the real max norm | sampling s |", "| --- |" + " --- |" * 7]
+  optional = lambda value, spec: "-" if value is None else f"{value:{spec}}"
+  for r in rows:
+    lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {optional(r['fid'], '.2f')} | "
+                 f"{r['sw2_squared']:.2e} | {optional(r.get('sw2_squared_trimmed'), '.2e')} | "
+                 f"{optional(r.get('beyond_real_max'), 'd')} | {optional(r['sampling_seconds'], '.0f')} |")
+  floor = rows[0]["sw2_squared_floor_mean"] if rows else float("nan")
+  trimmed_floor = rows[0].get("sw2_squared_trimmed_floor_mean") if rows else None
+  tail = rows[0].get("sw2_tail") if rows else None
+  lines.append(f"\nSW2^2 floor (real against real, mean): {floor:.2e}; trimmed: {optional(trimmed_floor, '.2e')} "
+               f"(the trimmed SW2^2 leaves out the outer {optional(tail, 'g')} of the sorted ranks).")
+  return "\n".join(lines)
+
+
+def sampler_study_tables(results: str = FMNIST_RESULTS) -> str:
+  """Each study under <results>/sampler_study/ with a line naming its run ('' without one)."""
+  parts = []
+  for path in sorted(glob.glob(os.path.join(results, "sampler_study", "*", "study.json"))):
+    name = os.path.basename(os.path.dirname(path))
+    parts.append(f"The sampler study on {name.replace('_s', '/s')} (`python -m experiments.sampler_study`; "
+                 "every sampler from the same banks, its FIDs compared only with each other):\n\n"
+                 + sampler_study_table(os.path.dirname(path)))
+  return "\n\n".join(parts)
+
+
 def readme_tables(results: str = FMNIST_RESULTS) -> str:
-  """The results, claims and diagnosis tables of a results directory (README "Results")."""
+  """The results, claims, diagnosis and sampler-study tables of a results directory (README "Results")."""
   records = fmnist_records(results)
   parts = [fmnist_table(records), best_fid_line(records), sw2_tails_table(records), far_latents_table(results),
-           claims_table(records), diagnose_table(fmnist_records(results, stage="diagnose"))]
+           claims_table(records), diagnose_table(fmnist_records(results, stage="diagnose")),
+           sampler_study_tables(results)]
   return "\n\n".join(part for part in parts if part)

@@ -263,9 +263,10 @@ def pending_study(root: str, results: str) -> program_runs.Run | None:
   return None if sampler_study.finished(sampler_study.results_dir(run, results)) else run
 
 
-def run_sampler_study(run: program_runs.Run, root: str, results: str, do_commit: bool, stop: threading.Event) -> None:
-  """The program's last step: the sampler study on `run`; its records, study.json and study.png are
-  committed under <results>/sampler_study/<row>_s<seed>/."""
+def run_sampler_study(run: program_runs.Run, root: str, results: str, do_commit: bool, stop: threading.Event,
+                      readme: str | None = None) -> None:
+  """The program's last step: the sampler study on `run`; its records, study.json and study.png
+  (<results>/sampler_study/<row>_s<seed>/) are committed, with `readme`'s tables, which print it."""
   job = study_job(run, root, results)
   status, seconds = attempt(job, root, stop)
   if status != 0:
@@ -275,6 +276,8 @@ def run_sampler_study(run: program_runs.Run, root: str, results: str, do_commit:
   out_dir = sampler_study.results_dir(run, results)
   program_runs.log(f"{job.name}: done in {seconds / 3600:.2f} h: {out_dir}")
   written = sorted(os.path.join(out_dir, name) for name in os.listdir(out_dir))
+  if readme:
+    written += update_readme(readme, results)
   if do_commit and written:
     commit(written, f"Sampler study {run.name} ({run.row.label}): {len(sampler_study.SAMPLERS)} samplers "
                     f"at N = {sampler_study.NUM_SAMPLES}")
@@ -331,7 +334,7 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
     whole_program = seeds is None and rows is None and not overrides
     study = pending_study(root, results) if whole_program and not stop.is_set() else None
     if study is not None:
-      run_sampler_study(study, root, results, do_commit, stop)
+      run_sampler_study(study, root, results, do_commit, stop, readme)
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
     os.remove(_lock_path(root))

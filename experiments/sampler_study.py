@@ -4,6 +4,7 @@ other: FID is biased upwards at small N).
 
     python -m experiments.sampler_study run [--row best] [--seed S]   # resumable; best: lowest mean FID
     python -m experiments.sampler_study table [--row ROW] [--seed S]  # markdown table of the records
+                                                                     # (also in experiments.tables)
 
 Each sampler is the row's own `eval` stage with --config.sample.method / num_steps and
 --config.eval.num_samples=5000, run in a study workdir <root>/sampler_study/<row>_s<seed> whose trained
@@ -154,24 +155,6 @@ def summarise(out_dir: str) -> dict:
   return summary
 
 
-def table(out_dir: str) -> str:
-  with open(os.path.join(out_dir, "study.json")) as f:
-    rows = json.load(f)["samplers"]
-  lines = ["| sampler | steps | NFE | FID (N = 5,000) | SW2^2 | trimmed SW2^2 | latents beyond the real max norm "
-           "| sampling s |", "| --- |" + " --- |" * 7]
-  optional = lambda value, spec: "-" if value is None else f"{value:{spec}}"
-  for r in rows:
-    lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {optional(r['fid'], '.2f')} | "
-                 f"{r['sw2_squared']:.2e} | {optional(r.get('sw2_squared_trimmed'), '.2e')} | "
-                 f"{optional(r.get('beyond_real_max'), 'd')} | {optional(r['sampling_seconds'], '.0f')} |")
-  floor = rows[0]["sw2_squared_floor_mean"] if rows else float("nan")
-  trimmed_floor = rows[0].get("sw2_squared_trimmed_floor_mean") if rows else None
-  tail = rows[0].get("sw2_tail") if rows else None
-  lines.append(f"\nSW2^2 floor (real against real, mean): {floor:.2e}; trimmed: {optional(trimmed_floor, '.2e')} "
-               f"(the trimmed SW2^2 leaves out the outer {optional(tail, 'g')} of the sorted ranks).")
-  return "\n".join(lines)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("action", choices=("run", "table"))
@@ -192,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   out_dir = results_dir(study_run(row, seed, args.root, args.results), args.results)
   if args.action == "run":
     out_dir = run_study(row, seed, args.root, args.results)
-  print(table(out_dir))
+  print(fmnist_tables.sampler_study_table(out_dir))
 
 
 if __name__ == "__main__":

@@ -416,7 +416,8 @@ FAKE_STUDY = r"""
 import json, os, sys
 out_dir, root, name = sys.argv[1:4]
 os.makedirs(out_dir, exist_ok=True)
-samplers = [{"sampler": method, "steps": steps} for method, steps in json.loads(sys.argv[4])]
+samplers = [{"sampler": method, "steps": steps, "nfe": 4 * steps, "fid": 20.0, "sw2_squared": 1e-3,
+             "sw2_squared_floor_mean": 1e-4, "sampling_seconds": 1.0} for method, steps in json.loads(sys.argv[4])]
 json.dump({"num_samples": 8, "samplers": samplers}, open(os.path.join(out_dir, "study.json"), "w"))
 open(os.path.join(root, "calls.txt"), "a").write(f"study:{name}\n")
 """
@@ -424,7 +425,7 @@ open(os.path.join(root, "calls.txt"), "a").write(f"study:{name}\n")
 
 def test_the_whole_program_ends_with_the_sampler_study_on_its_best_row_once(fake_rows, monkeypatch):
   repo = fake_rows / "repo"
-  git = git_repo(repo)
+  git, readme = repo_with_readme(repo)
   root, results = str(fake_rows / "runs"), str(repo / "results")
   two_rows = [fmnist_rows.BY_NAME["c"], fmnist_rows.BY_NAME["lsi"]]
   # The plan: two rows at two seeds (FIDs 10 and 11 in both, the stand-in's; their third seeds left out).
@@ -442,10 +443,12 @@ def test_the_whole_program_ends_with_the_sampler_study_on_its_best_row_once(fake
   assert "left     sampler study" in program.status(root, results)
   program.run_program(root, results, ("--config.x=1",), do_commit=True)  # overrides: not the program
   assert calls(root) == ["c/s0", "lsi/s0", "c/s1", "lsi/s1"]
-  program.run_program(root, results, (), do_commit=True)
+  program.run_program(root, results, (), do_commit=True, readme=str(readme))
   assert calls(root)[4:] == ["study:c/s0"]  # the best row (a tie: the first), at its first seed here
   assert git("log", "-1", "--format=%s").stdout.startswith("Sampler study c/s0")
-  assert git("show", "--name-only", "--format=", "HEAD").stdout.split() == ["results/sampler_study/c_s0/study.json"]
+  assert git("show", "--name-only", "--format=", "HEAD").stdout.split() == [
+      "README.md", "results/sampler_study/c_s0/study.json"]
+  assert "The sampler study on c/s0" in readme.read_text()
   assert "done     sampler study    c_s0" in program.status(root, results)
   program.run_program(root, results, (), do_commit=True)
   assert calls(root)[4:] == ["study:c/s0"]  # finished: not run again

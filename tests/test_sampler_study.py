@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from experiments import program_runs, sampler_study
+from experiments import fmnist_tables, program_runs, sampler_study
 
 # A stand-in for `experiments.run --stages=eval` with the study's overrides: one eval record and grid
 # named as the eval stage names them, FID = steps (so the summary's order can be checked), and a line in
@@ -84,8 +84,10 @@ def test_the_study_runs_every_sampler_once_from_the_row_s_trained_stages_and_res
   study = json.load(open(os.path.join(out_dir, "study.json")))
   assert [(r["sampler"], r["steps"]) for r in study["samplers"]] == list(sampler_study.SAMPLERS)
   assert os.path.exists(os.path.join(out_dir, "study.png"))
-  assert "| rk4 | 5 | 20 | 5.00 | 1.00e-03 | 5.00e-04 | 20 | 1 |" in sampler_study.table(out_dir)
-  assert "trimmed: 2.00e-04 (the trimmed SW2^2 leaves out the outer 0.01 of" in sampler_study.table(out_dir)
+  table = fmnist_tables.sampler_study_table(out_dir)
+  assert "| rk4 | 5 | 20 | 5.00 | 1.00e-03 | 5.00e-04 | 20 | 1 |" in table
+  assert "trimmed: 2.00e-04 (the trimmed SW2^2 leaves out the outer 0.01 of" in table
+  assert "The sampler study on c/s0" in fmnist_tables.readme_tables(str(results))  # the README's tables
   sampler_study.run_study("c", 0, str(root), str(results))  # everything evaluated: nothing runs again
   assert len(open(root / "sampler_study" / "calls.txt").read().split()) == len(sampler_study.SAMPLERS)
 
