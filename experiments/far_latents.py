@@ -2,6 +2,7 @@
 sampler's discretisation or by the score network itself?
 
     python -m experiments.far_latents c --seed 1   # -> <results>/far_latents/c_s1.json and .png
+    python -m experiments.far_latents c --seed 1 --fid_only   # adds the FID part to an existing record
 
 For one run of the program that finished on this machine (its checkpoints and its eval sample store are
 here): the rows of the prior bank whose eval latents (the record's sampler, e.g. RK4 x 10) lie beyond the
@@ -12,13 +13,15 @@ sampler; if they stay far, the learned probability-flow ODE itself carries them 
 eval's own steps must reproduce the stored latents (checked). Each record lists, per step count, the norm
 quantiles of both groups, how many lie beyond the real maximum, and their mean distance to the finest
 integration; where each group's z_T norms lie among the bank's (mean percentile; 0.5 for rows drawn
-without regard to it); the run's VAE, so that runs on one VAE can be compared row by row; the figure
-decodes 8 far rows at each step count.
+without regard to it); the run's VAE, so that runs on one VAE can be compared row by row; FID without
+the far rows against FID without as many random rows (from the eval's stored Inception features); the
+figure decodes 8 far rows at each step count.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Sequence
 
@@ -26,12 +29,13 @@ import jax
 import numpy as np
 
 from cgdiff import chunks, plots, records, samplers
-from cgdiff.metrics import banks
+from cgdiff.metrics import banks, fid, inception_weights
 from experiments import evaluation, fmnist_rows, fmnist_tables, latent_space, program_runs, sampling
 
 STEP_FACTORS = (1, 2, 4, 8)
 BATCH_SIZE = 64
 QUANTILES = (0.5, 0.9, 1.0)
+FID_DRAWS = 5  # random removals of as many rows as are far: FID's spread under such a removal
 
 
 def run_config(run: program_runs.Run):
@@ -49,6 +53,41 @@ def group_summary(latents: np.ndarray, finest: np.ndarray, real_max: float) -> d
   return {"norm_quantiles": np.quantile(group_norms, QUANTILES).tolist(),
           "beyond_real_max": int(np.sum(group_norms > real_max)),
           "mean_distance_to_finest": float(np.mean(evaluation.latent_norms(latents - finest)))}
+
+
+def fid_without_far(config, record: dict, far: np.ndarray, seed: int = 0) -> dict:
+  """FID of the eval's samples without the `far` rows, beside FID without as many rows drawn at random
+  from the others (FID_DRAWS draws), both from the eval's stored Inception features against its cached
+  reference statistics: whether the far latents move FID, net of the smaller N (FID's bias grows as N
+  falls). FID of all rows must reproduce the record's (checked)."""
+  cfg = config.eval
+  total = record["num_samples"]
+  store = chunks.ChunkStore(record["stores"]["sample_features"])
+  try:
+    features = store.load("features", total=total, chunk=chunks.round_up(cfg.chunk_size, cfg.inception_batch_size))
+  except FileNotFoundError as error:
+    raise SystemExit(f"its stored Inception features are not all here: {error}") from None
+
+  def absent():
+    raise SystemExit("the reference statistics of its eval are not cached here.")
+
+  reference = fid.reference_stats(
+      evaluation.dataset_id(config), cfg.reference_split, absent, cfg.cache_dir,
+      num_images=record["fid"]["num_reference"],
+      variables=inception_weights.load_inception_params(cfg.inception_weights),
+      batch_size=cfg.inception_batch_size)
+  fid_of = lambda rows: fid.fid_from_stats(fid.FeatureStats.from_features(features[rows]), reference)
+  every = np.arange(total)
+  fid_all = fid_of(every)
+  if abs(fid_all - record["metrics"]["fid"]) > 1e-6 * record["metrics"]["fid"]:
+    raise SystemExit(f"FID from the stored features, {fid_all:.6g}, is not the record's "
+                     f"{record['metrics']['fid']:.6g}.")
+  others = np.setdiff1d(every, far)
+  rng = np.random.default_rng(seed)
+  random = [fid_of(np.setdiff1d(every, rng.choice(others, size=len(far), replace=False)))
+            for _ in range(FID_DRAWS)]
+  return {"all": fid_all, "without_far": fid_of(others), "without_random": random, "removed": int(len(far)),
+          "draw_seed": seed}
 
 
 def study(config, workdir: str, name: str, seed: int = 0) -> tuple[dict, np.ndarray]:
@@ -119,6 +158,8 @@ def study(config, workdir: str, name: str, seed: int = 0) -> tuple[dict, np.ndar
             "vae_sha256": record["networks"]["vae_sha256"],
             "prior_norm_percentile": {"far": percentile(far), "control": percentile(control)},
             "reproduced_max_abs_difference": float(again), "by_steps": by_steps,
+            # (An eval without FID, e.g. the tests' tiny ones, has no features to leave rows out of.)
+            "fid": fid_without_far(config, record, far, seed) if record["metrics"].get("fid") is not None else None,
             "figure_rows": [int(r) for r in shown]}
   return records.run_record(config, stage="far_latents", **fields), images
 
@@ -130,6 +171,11 @@ def table(record: dict) -> str:
            "| steps | far: median norm | far: max norm | far: beyond real max | far: distance to finest | "
            "control: max norm | control: beyond real max | control: distance to finest |",
            "| --- |" + " --- |" * 7]
+  if record.get("fid"):
+    f = record["fid"]
+    lines[0] += (f" FID {f['all']:.2f}; without the far rows {f['without_far']:.2f}; without as many random rows "
+                 f"{np.mean(f['without_random']):.2f} ± {np.std(f['without_random'], ddof=1):.2f} "
+                 f"({len(f['without_random'])} draws).")
   for entry in record["by_steps"]:
     far, control = entry["far"], entry["control"]
     lines.append(f"| {entry['steps']} | {far['norm_quantiles'][0]:.2f} | {far['norm_quantiles'][-1]:.2f} | "
@@ -145,12 +191,27 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--seed", type=int, required=True)
   parser.add_argument("--root", default=program_runs.DEFAULT_ROOT)
   parser.add_argument("--results", default=fmnist_tables.FMNIST_RESULTS)
+  parser.add_argument("--fid_only", action="store_true",
+                      help="add the FID comparison to the run's existing record (its far rows) without "
+                           "integrating the trajectories again")
   args = parser.parse_args(argv)
   run = program_runs.Run(fmnist_rows.BY_NAME[args.row], args.seed, args.root, args.results)
   if not run.finished_here():
     raise SystemExit(f"{run.name} did not finish on this machine: its checkpoints and samples are not here.")
-  record, images = study(run_config(run), run.workdir, run.name)
   out = os.path.join(args.results, "far_latents", f"{args.row}_s{args.seed}")
+  if args.fid_only:
+    with open(out + ".json") as f:
+      record = json.load(f)
+    eval_record = program_runs.eval_record(run.workdir)
+    if eval_record is None or eval_record["git_commit"] != record["eval_record"]["git_commit"]:
+      raise SystemExit(f"{out}.json was made from another eval of {run.name} than the one here.")
+    record["fid"] = {**fid_without_far(run_config(run), eval_record, np.asarray(record["far_rows"]),
+                                       record["control_seed"]),
+                     "git_commit": records.git_commit()}  # the rest of the record is older
+    records.write_json(out + ".json", record)
+    print(table(record))
+    return
+  record, images = study(run_config(run), run.workdir, run.name)
   records.write_json(out + ".json", record)
   plots.plot_image_grid(images, out + ".png", nrow=len(images) // len(STEP_FACTORS), ncol=len(STEP_FACTORS),
                         title=f"{run.name}: the farthest latents, {record['eval_record']['sampler']} x "

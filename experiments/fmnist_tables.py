@@ -137,8 +137,8 @@ def far_latents_table(results: str = FMNIST_RESULTS) -> str:
   found.sort(key=lambda r: (order.get(r["run"].split("/")[0], len(order)), r["run"]))
   lines = ["| run | sampler | far latents | far at the most steps | far: median norm, eval's steps -> most "
            "| far: distance to the most steps | control rows beyond the real max | z_T norm percentile: far, "
-           "control |",
-           "| --- |" + " --- |" * 7]
+           "control | FID: all, without the far rows, without as many random rows |",
+           "| --- |" + " --- |" * 8]
   for r in found:
     first, last = r["by_steps"][0], r["by_steps"][-1]
     lines.append(f"| {r['run']} | {r['eval_record']['sampler']} x {first['steps']} (most: {last['steps']}) | "
@@ -146,7 +146,7 @@ def far_latents_table(results: str = FMNIST_RESULTS) -> str:
                  f"{first['far']['norm_quantiles'][0]:.2f} -> {last['far']['norm_quantiles'][0]:.2f} | "
                  f"{first['far']['mean_distance_to_finest']:.3f} | "
                  f"{first['control']['beyond_real_max']} -> {last['control']['beyond_real_max']} of "
-                 f"{len(r['control_rows'])} | {_percentiles(r)} |")
+                 f"{len(r['control_rows'])} | {_percentiles(r)} | {_fid_without_far(r)} |")
   shared = []
   for i, r in enumerate(found):
     for other in found[i + 1:]:
@@ -157,8 +157,19 @@ def far_latents_table(results: str = FMNIST_RESULTS) -> str:
     lines.append("\nFar rows (prior-bank rows) that runs on one VAE share: " + "; ".join(shared) + ".")
   lines.append("\nFar: beyond the largest norm of the real test latents (`python -m experiments.far_latents ROW "
                "--seed S`); the same rows integrated again from their prior-bank noise with more steps of the "
-               "same sampler.")
+               "same sampler. FID from the eval's stored Inception features, leaving out the far rows, or as "
+               "many rows drawn at random (mean ± sd of 5 draws): the far rows' own effect on FID, net of the "
+               "smaller N.")
   return "\n".join(lines)
+
+
+def _fid_without_far(record: dict[str, Any]) -> str:
+  """'all, without far, random mean ± sd' FIDs of a far_latents record, or '-' in one without them."""
+  f = record.get("fid")
+  if not f:
+    return "-"
+  return (f"{f['all']:.2f}, {f['without_far']:.2f}, {statistics.fmean(f['without_random']):.2f} ± "
+          f"{statistics.stdev(f['without_random']):.2f}")
 
 
 def _percentiles(record: dict[str, Any]) -> str:

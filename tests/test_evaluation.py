@@ -182,12 +182,12 @@ def fid_runs(trained, tmp_path_factory):
   uninterrupted_files = chunk_files(os.path.join(workdir, "eval"), os.path.join(cache, "reconstructions"))
   config.sample.update(method="euler_ode")
   other_sampler = evaluation.run(config, workdir)
-  return resumed, resumed_files, saved, uninterrupted, uninterrupted_files, other_sampler
+  return resumed, resumed_files, saved, uninterrupted, uninterrupted_files, other_sampler, config
 
 
 @needs_weights
 def test_a_killed_evaluation_resumes_to_the_same_record_and_bits(fid_runs):
-  resumed, resumed_files, saved, uninterrupted, uninterrupted_files, _ = fid_runs
+  resumed, resumed_files, saved, uninterrupted, uninterrupted_files, *_ = fid_runs
   # 2 chunks each of latents, reference, sample and reconstruction features, each computed once across
   # the five runs (the fixture checks): the last run computed only the reconstructions' second chunk.
   assert len([path for path in saved if "/banks/" not in path]) == 8
@@ -204,12 +204,34 @@ def test_a_killed_evaluation_resumes_to_the_same_record_and_bits(fid_runs):
 
 @needs_weights
 def test_rows_on_one_vae_share_the_reconstruction_features(fid_runs):
-  *_, uninterrupted, _, other_sampler = fid_runs
+  *_, uninterrupted, _, other_sampler, _ = fid_runs
   assert other_sampler["chunks"]["computed"]["reconstruction_features"] == 0
   assert other_sampler["chunks"]["loaded"]["reconstruction_features"] == 2
   assert other_sampler["metrics"]["recon_fid"] == uninterrupted["metrics"]["recon_fid"]
   assert other_sampler["recon_fid"]["vae_sha256"] == uninterrupted["networks"]["vae_sha256"]
   assert other_sampler["metrics"]["fid"] != uninterrupted["metrics"]["fid"]  # other samples
+
+
+@needs_weights
+def test_fid_without_the_far_rows_is_computed_from_the_eval_s_stored_features(fid_runs):
+  """far_latents.fid_without_far on the 8-sample evaluation: FID of all rows reproduces the record's;
+  leaving rows out changes it; the random removals leave out as many rows; a record whose FID the stored
+  features do not give, or whose reference statistics are not cached, is refused."""
+  *_, other_sampler, config = fid_runs
+  far = np.array([1, 5])
+  result = far_latents.fid_without_far(config, other_sampler, far)
+  assert result["all"] == pytest.approx(other_sampler["metrics"]["fid"], rel=1e-6)
+  assert result["removed"] == 2 and len(result["without_random"]) == far_latents.FID_DRAWS
+  assert np.isfinite(result["without_far"]) and result["without_far"] != result["all"]
+  assert len(set(result["without_random"])) > 1  # different rows left out in each draw
+  assert result == far_latents.fid_without_far(config, other_sampler, far)  # the draws' seed is fixed
+  tampered = {**other_sampler, "metrics": {**other_sampler["metrics"], "fid": other_sampler["metrics"]["fid"] + 1}}
+  with pytest.raises(SystemExit, match="is not the record's"):
+    far_latents.fid_without_far(config, tampered, far)
+  elsewhere = config.copy_and_resolve_references()
+  elsewhere.eval.cache_dir = os.path.join(os.path.dirname(config.eval.cache_dir), "empty_cache")
+  with pytest.raises(SystemExit, match="reference statistics of its eval are not cached"):
+    far_latents.fid_without_far(elsewhere, other_sampler, far)
 
 
 def test_far_latents_integrates_the_far_rows_again_from_their_bank_noise(trained, tmp_path):
@@ -248,6 +270,7 @@ def test_far_latents_integrates_the_far_rows_again_from_their_bank_noise(trained
   assert last["far"]["mean_distance_to_finest"] == 0.0
   assert images.shape[0] == min(len(far), 8) * len(far_latents.STEP_FACTORS)
   assert study["stage"] == "far_latents"
+  assert study["fid"] is None  # this eval computed no FID
   config.sample.method = "heun_pc"
   evaluation.run(config, workdir)
   for path in glob.glob(os.path.join(workdir, "eval", "*rk4*.json")):

@@ -234,11 +234,13 @@ def test_the_far_latents_table_lists_the_records_in_table_order(tmp_path):
     record = far_record(run, far, (2, 1), (20.0, 18.5))
     if run == "a/s1":
       record.update(vae_sha256="v2", prior_norm_percentile=None)  # another VAE; a record without percentiles
+    if run == "c/s1":
+      record["fid"] = {"all": 36.0, "without_far": 36.5, "without_random": [36.0, 36.1, 36.2, 36.1, 36.1]}
     json.dump(record, open(tmp_path / "far_latents" / f"{run.replace('/', '_')}.json", "w"))
   lines = fmnist_tables.far_latents_table(str(tmp_path)).splitlines()
   assert [line.split(" | ")[0] for line in lines[2:5]] == ["| c/s1", "| lsi/s1", "| a/s1"]
   assert lines[2] == ("| c/s1 | rk4 x 10 (most: 80) | 2 of 100 | 1 | 20.00 -> 18.50 | 0.500 | 0 -> 0 of 2 | "
-                      "0.80, 0.50 |")
-  assert lines[4].endswith("| - |")
+                      "0.80, 0.50 | 36.00, 36.50, 36.10 ± 0.07 |")
+  assert lines[4].endswith("| - | - |")  # neither percentiles nor FIDs
   # Only c/s1 and lsi/s1 are on one VAE: they share rows 3 and 7.
   assert "that runs on one VAE share: c/s1 and lsi/s1: 2 of 2 and 3." in lines[6]
