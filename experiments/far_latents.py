@@ -172,10 +172,8 @@ def table(record: dict) -> str:
            "control: max norm | control: beyond real max | control: distance to finest |",
            "| --- |" + " --- |" * 7]
   if record.get("fid"):
-    f = record["fid"]
-    lines[0] += (f" FID {f['all']:.2f}; without the far rows {f['without_far']:.2f}; without as many random rows "
-                 f"{np.mean(f['without_random']):.2f} ± {np.std(f['without_random'], ddof=1):.2f} "
-                 f"({len(f['without_random'])} draws).")
+    lines[0] += (" FID: all, without the far rows, without as many random rows (mean ± sd of "
+                 f"{len(record['fid']['without_random'])} draws): {fmnist_tables.fid_without_far_cell(record)}.")
   for entry in record["by_steps"]:
     far, control = entry["far"], entry["control"]
     lines.append(f"| {entry['steps']} | {far['norm_quantiles'][0]:.2f} | {far['norm_quantiles'][-1]:.2f} | "

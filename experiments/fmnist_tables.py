@@ -146,7 +146,7 @@ def far_latents_table(results: str = FMNIST_RESULTS) -> str:
                  f"{first['far']['norm_quantiles'][0]:.2f} -> {last['far']['norm_quantiles'][0]:.2f} | "
                  f"{first['far']['mean_distance_to_finest']:.3f} | "
                  f"{first['control']['beyond_real_max']} -> {last['control']['beyond_real_max']} of "
-                 f"{len(r['control_rows'])} | {_percentiles(r)} | {_fid_without_far(r)} |")
+                 f"{len(r['control_rows'])} | {_percentiles(r)} | {fid_without_far_cell(r)} |")
   shared = []
   for i, r in enumerate(found):
     for other in found[i + 1:]:
@@ -163,7 +163,7 @@ def far_latents_table(results: str = FMNIST_RESULTS) -> str:
   return "\n".join(lines)
 
 
-def _fid_without_far(record: dict[str, Any]) -> str:
+def fid_without_far_cell(record: dict[str, Any]) -> str:
   """'all, without far, random mean ± sd' FIDs of a far_latents record, or '-' in one without them."""
   f = record.get("fid")
   if not f:

@@ -179,7 +179,7 @@ def study_job(run: program_runs.Run, root: str, results: str) -> Job:
   first where its checkpoints are not on this machine)."""
   command = [sys.executable, "-m", "experiments.sampler_study", "run", f"--row={run.row.name}",
              f"--seed={run.seed}", f"--root={root}", f"--results={results}"]
-  study_log = os.path.join(sampler_study.study_workdir_path(run, root), "run.log")
+  study_log = os.path.join(sampler_study.study_dir(run, root), "run.log")
   return Job(f"sampler study {run.name}", command, os.path.join(root, "sampler_study", "driver.log"),
              watch=(study_log, os.path.join(run.workdir, "run.log")))
 
@@ -260,7 +260,7 @@ def pending_study(root: str, results: str) -> program_runs.Run | None:
     return None
   row = sampler_study.best_row(root, results)
   run = sampler_study.study_run(row, sampler_study.default_seed(row, root, results), root, results)
-  return None if sampler_study.finished(sampler_study.results_dir(run, results)) else run
+  return None if sampler_study.finished(sampler_study.study_dir(run, results)) else run
 
 
 def run_sampler_study(run: program_runs.Run, root: str, results: str, do_commit: bool, stop: threading.Event,
@@ -273,7 +273,7 @@ def run_sampler_study(run: program_runs.Run, root: str, results: str, do_commit:
     why = "stopped by SIGTERM" if stop.is_set() else "failed"
     program_runs.log(f"{job.name}: {why} (exit status {status}); the next `run` resumes it")
     return
-  out_dir = sampler_study.results_dir(run, results)
+  out_dir = sampler_study.study_dir(run, results)
   program_runs.log(f"{job.name}: done in {seconds / 3600:.2f} h: {out_dir}")
   written = sorted(os.path.join(out_dir, name) for name in os.listdir(out_dir))
   if readme:
@@ -380,12 +380,11 @@ def status(root: str, results: str) -> str:
       state = "started" if os.path.exists(os.path.join(run.workdir, "run.log")) else "left"
     eta = "?" if seconds is None else f"{seconds / 3600:.1f} h"
     lines.append(f"  {state:8s} {run.name:16s} ~{eta}")
-  study = study_status(root, results, costs, running)
-  if study.startswith("left"):
-    seconds = program_costs.study_seconds(costs)
-    unknown |= seconds is None
-    left += seconds or 0.0
-    whole += seconds or 0.0
+  study, study_left = study_status(root, results, costs, running)
+  if study_left != 0.0:
+    unknown |= study_left is None
+    left += study_left or 0.0
+    whole += study_left or 0.0
   lines.append(f"  {study}")
   head = f"program in {root}: " + (f"driver pid {lock['pid']}, running {running}" if lock else "not running")
   unknown_part = " (+ runs of unknown cost)" if unknown else ""
@@ -398,21 +397,21 @@ def status(root: str, results: str) -> str:
                     + json.dumps({k: float(f"{v:.3g}") for k, v in costs.items()})])
 
 
-def study_status(root: str, results: str, costs: dict[str, float], running: str | None) -> str:
-  """The sampler study's line of `status`: done (where its records are), running, or left (its cost)."""
+def study_status(root: str, results: str, costs: dict[str, float], running: str | None) -> tuple[str, float | None]:
+  """The sampler study's line of `status` (done, where its records are; running; or left, with its cost)
+  and its seconds left as `status` counts them: 0 unless it is left, None where its cost is unknown."""
   done = sorted(os.path.basename(os.path.dirname(path)) for path in
                 glob.glob(os.path.join(results, "sampler_study", "*", "study.json"))
                 if sampler_study.finished(os.path.dirname(path)))
   if done:
-    return f"done     sampler study    {', '.join(done)} ({os.path.join(results, 'sampler_study')})"
+    return f"done     sampler study    {', '.join(done)} ({os.path.join(results, 'sampler_study')})", 0.0
   if running and running.startswith("sampler study"):
-    return f"running  {running}"
+    return f"running  {running}", 0.0
   seconds = program_costs.study_seconds(costs)
   eta = "?" if seconds is None else f"{seconds / 3600:.1f} h"
-  fids = program_runs.fids_by_row(root, program_runs.ALL_SEEDS, results)
-  best = (f", on the row of lowest mean FID (now {sampler_study.best_row(root, results)})"
-          if any(len(values) >= len(program_runs.FIRST_SEEDS) for values in fids.values()) else "")
-  return f"left     sampler study    ~{eta} (after the runs{best})"
+  row = sampler_study.lowest_mean_fid_row(root, results)
+  best = f", on the row of lowest mean FID (now {row})" if row else ""
+  return f"left     sampler study    ~{eta} (after the runs{best})", seconds
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -131,9 +131,10 @@ def remaining_seconds(run: program_runs.Run, costs: dict[str, float], num_steps:
                       counted: set[str] | None = None, whole: bool = False) -> float | None:
   """Seconds left for `run`: its training stages' remaining steps (latest checkpoint against num_steps,
   default each stage's configured count) and its eval (with its VAE's reconstructions where no earlier
-  run computes them, if their cost is known: the pilot's eval cost includes them); None where a cost is unknown. counted: the stage
-  directories and VAEs already counted for earlier runs (a shared VAE is trained once, and its
-  reconstructions computed once, by the first run that needs it); updated, for done runs too.
+  run computes them, if their cost is known: the pilot's eval cost includes them); None where a cost is
+  unknown. counted: the stage directories and VAEs already counted for earlier runs (a shared VAE is
+  trained once, and its reconstructions computed once, by the first run that needs it); updated, for
+  done runs too.
   whole: the run's cost from its first step instead, done or not (the program's total at these costs)."""
   counted = set() if counted is None else counted
   recon_key = "recon:" + (run.vae_workdir or run.workdir)

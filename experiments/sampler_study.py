@@ -37,14 +37,20 @@ NUM_SAMPLES = 5000
 TRAINED = (*common.TRAINING_STAGES, "stats")
 
 
-def best_row(root: str, results: str | None = None) -> str:
+def lowest_mean_fid_row(root: str, results: str | None = None) -> str | None:
   """The row with the lowest mean FID over all its finished seeds, third seeds included (the README's
-  "lowest mean FID" line), among the rows with both first seeds."""
+  "lowest mean FID" line), among the rows with both first seeds; None before any row has them."""
   fids = {name: values for name, values in program_runs.fids_by_row(root, program_runs.ALL_SEEDS, results).items()
           if len(values) >= len(program_runs.FIRST_SEEDS)}
-  if not fids:
+  return min(fids, key=lambda name: statistics.fmean(fids[name])) if fids else None
+
+
+def best_row(root: str, results: str | None = None) -> str:
+  """lowest_mean_fid_row, which must exist."""
+  row = lowest_mean_fid_row(root, results)
+  if row is None:
     raise SystemExit("no row has finished both seeds yet; pass --row.")
-  return min(fids, key=lambda name: statistics.fmean(fids[name]))
+  return row
 
 
 def default_seed(row: str, root: str, results: str | None = None) -> int:
@@ -71,13 +77,10 @@ def train_again(run: program_runs.Run) -> None:
                    check=True)
 
 
-def study_workdir_path(run: program_runs.Run, root: str) -> str:
-  return os.path.join(root, "sampler_study", f"{run.row.name}_s{run.seed}")
-
-
-def results_dir(run: program_runs.Run, results: str) -> str:
-  """Where the study of `run` is copied: <results>/sampler_study/<row>_s<seed>."""
-  return os.path.join(results, "sampler_study", f"{run.row.name}_s{run.seed}")
+def study_dir(run: program_runs.Run, base: str) -> str:
+  """<base>/sampler_study/<row>_s<seed>: the study's workdir under the program's root, its copied
+  records under the results."""
+  return os.path.join(base, "sampler_study", f"{run.row.name}_s{run.seed}")
 
 
 def finished(out_dir: str) -> bool:
@@ -92,7 +95,7 @@ def finished(out_dir: str) -> bool:
 
 def study_workdir(run: program_runs.Run, root: str) -> str:
   """<root>/sampler_study/<row>_s<seed>, its trained stage directories linked to the row's."""
-  workdir = study_workdir_path(run, root)
+  workdir = study_dir(run, root)
   os.makedirs(workdir, exist_ok=True)
   for stage in TRAINED:
     source = os.path.join(run.workdir, stage)
@@ -111,7 +114,7 @@ def run_study(row: str, seed: int, root: str, results: str) -> str:
   if not run.finished_here():
     train_again(run)
   workdir = study_workdir(run, root)
-  out_dir = results_dir(run, results)
+  out_dir = study_dir(run, results)
   for method, steps in SAMPLERS:
     if glob.glob(os.path.join(workdir, "eval", f"*_{method}_{steps}_n{NUM_SAMPLES}.json")):
       continue
@@ -172,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   if row not in fmnist_rows.BY_NAME:
     raise SystemExit(f"unknown row {row!r}; the rows are {sorted(fmnist_rows.BY_NAME)}.")
   seed = default_seed(row, args.root, args.results) if args.seed is None else args.seed
-  out_dir = results_dir(study_run(row, seed, args.root, args.results), args.results)
+  out_dir = study_dir(study_run(row, seed, args.root, args.results), args.results)
   if args.action == "run":
     out_dir = run_study(row, seed, args.root, args.results)
   print(fmnist_tables.sampler_study_table(out_dir))

@@ -435,7 +435,7 @@ def test_the_whole_program_ends_with_the_sampler_study_on_its_best_row_once(fake
   script.write_text(FAKE_STUDY)
 
   def fake_study_job(run, root, results):
-    out_dir = sampler_study.results_dir(run, results)
+    out_dir = sampler_study.study_dir(run, results)
     command = [sys.executable, str(script), out_dir, root, run.name, json.dumps(sampler_study.SAMPLERS)]
     return program.Job(f"sampler study {run.name}", command, os.path.join(root, "sampler_study", "driver.log"))
 
