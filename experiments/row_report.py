@@ -1,6 +1,6 @@
-"""The numbers a README paragraph about one finished row and seed cites, from its committed artefacts
-(experiments/results/fmnist/<row>/s<seed>/: the eval record with its SW2 split, the training logs, the
-diagnose record).
+"""The numbers that the notes on one finished row and seed cite (experiments/results/fmnist/README.md),
+from its committed artefacts (experiments/results/fmnist/<row>/s<seed>/: the eval record with its SW2
+split, the training logs, the diagnose record).
 
     python -m experiments.row_report cg_element            # seed 0
     python -m experiments.row_report a --seed 1 [--results DIR]
