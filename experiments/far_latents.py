@@ -30,7 +30,7 @@ import numpy as np
 
 from cgdiff import chunks, plots, records, samplers
 from cgdiff.metrics import banks, fid, inception_weights
-from experiments import evaluation, fmnist_rows, fmnist_tables, latent_space, program_runs, sampling
+from experiments import evaluation, fmnist_records, fmnist_rows, fmnist_tables, latent_space, program_runs, sampling
 
 STEP_FACTORS = (1, 2, 4, 8)
 BATCH_SIZE = 64
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("row", choices=sorted(fmnist_rows.BY_NAME))
   parser.add_argument("--seed", type=int, required=True)
   parser.add_argument("--root", default=program_runs.DEFAULT_ROOT)
-  parser.add_argument("--results", default=fmnist_tables.FMNIST_RESULTS)
+  parser.add_argument("--results", default=fmnist_records.FMNIST_RESULTS)
   parser.add_argument("--fid_only", action="store_true",
                       help="add the FID comparison to the run's existing record (its far rows) without "
                            "integrating the trajectories again")

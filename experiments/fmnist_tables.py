@@ -1,6 +1,7 @@
 """The Fashion-MNIST program's tables, from its committed records (README "Results"): mean ± sd over
 seeds beside 002's Table 1, our lowest FID beside 002's, what SW2^2 is made of, the far latents, the
-documents' orderings judged by the protocol's rule, and the diagnosis of the trained networks.
+documents' orderings judged by the protocol's rule, the end of training, and the diagnosis of the
+trained networks.
 `python -m experiments.tables` prints them; `--readme` writes them into the README.
 """
 
@@ -12,41 +13,7 @@ import os
 import statistics
 from typing import Any, Sequence
 
-from experiments import claims, fmnist_rows
-
-FMNIST_RESULTS = "experiments/results/fmnist"
-
-
-def find_record(directory: str, stage: str) -> tuple[str, dict[str, Any]] | None:
-  """(path, record) of the one record of `stage` among `directory`'s JSON files, None if there is none. A
-  run and seed has one eval record (the protocol's sampler and N; the sampler study writes elsewhere) and
-  one diagnose record: several are an error, not extra seeds."""
-  found = []
-  for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
-    with open(path) as f:
-      record = json.load(f)
-    if record.get("stage") == stage:
-      found.append((path, record))
-  if len(found) > 1:
-    raise ValueError(f"{directory}: {len(found)} {stage} records ({[os.path.basename(p) for p, _ in found]}); "
-                     "a run and seed has one.")
-  return found[0] if found else None
-
-
-def fmnist_records(results: str = FMNIST_RESULTS, stage: str = "eval") -> dict[str, list[dict[str, Any]]]:
-  """{row: [record of each seed, by seed]} of the committed Fashion-MNIST records of `stage`: "eval"
-  (<row>/s<seed>/*.json) or "diagnose" (<row>/s<seed>/diagnose/*.json)."""
-  out = {}
-  for row in fmnist_rows.ROWS:
-    seeds = []
-    for seed_dir in sorted(glob.glob(os.path.join(results, row.name, "s*")), key=lambda p: int(p.rsplit("s", 1)[1])):
-      found = find_record(os.path.join(seed_dir, "diagnose") if stage == "diagnose" else seed_dir, stage)
-      if found is not None:
-        seeds.append(found[1])
-    if seeds:
-      out[row.name] = seeds
-  return out
-
+from experiments import claims, fmnist_records, fmnist_rows, program_runs, training_logs
 
 def mean_spread(values: Sequence[float | None], mean_format: str, spread_format: str | None = None) -> str:
   """'mean ± sd (n)' over seeds (None values left out; '-' if none), the mean in `mean_format` and the
@@ -120,7 +87,7 @@ def sw2_tails_table(records: dict[str, list[dict[str, Any]]]) -> str:
   return "\n".join(lines)
 
 
-def far_latents_table(results: str = FMNIST_RESULTS) -> str:
+def far_latents_table(results: str = fmnist_records.FMNIST_RESULTS) -> str:
   """The records of `python -m experiments.far_latents` (<results>/far_latents/*.json), in table order:
   for each run, its latents beyond the largest real norm at its eval's sampler and steps, how many of
   those rows lie beyond it again when integrated with the most steps, their median norm and mean distance
@@ -230,6 +197,44 @@ def claims_table(records: dict[str, list[dict[str, Any]]]) -> str:
 
 
 # diagnose_table's columns: (heading, the diagnose record's `gates` key), each averaged over the times.
+TRAINING_COLUMNS = (("VAE: reconstruction", "reconstruction", ".4f"), ("VAE: KL", "kl", ".2f"),
+                    ("VAE: mean posterior log-variance", "posterior_logvar_mean", ".2f"),
+                    ("score loss", "score_loss", ".4f"), ("target's excess over LSI", "target_excess_over_lsi", ".4f"),
+                    ("network to LSI (loss - excess)", "net_to_lsi", ".4f"))
+
+
+def training_table(results: str = fmnist_records.FMNIST_RESULTS) -> str:
+  """The end of training of every evaluated run, from its stages' committed logs
+  (training_logs.end_of_training): the autoencoder's reconstruction loss, KL term and mean posterior
+  log-variance, and the score network's loss, its target's excess over LSI and the difference of the two,
+  mean ± sd over seeds ('-' where a row's target has no distance to LSI in its loss)."""
+  lines = ["| method | " + " | ".join(heading for heading, _, _ in TRAINING_COLUMNS) + " |",
+           "| --- |" + " --- |" * len(TRAINING_COLUMNS)]
+  missing = []
+  for row in fmnist_rows.ROWS:
+    ends = []
+    for seed in program_runs.ALL_SEEDS:
+      run = program_runs.Run(row, seed, "", results)
+      if run.committed_record() is None:
+        continue
+      try:
+        ends.append(training_logs.end_of_training(training_logs.run_training(run)))
+      except ValueError as error:
+        missing.append(f"{run.name} ({error})")
+    if ends:
+      cells = [mean_spread([end[key] for end in ends], spec) for _, key, spec in TRAINING_COLUMNS]
+      lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+  if len(lines) == 2 and not missing:
+    return ""
+  notes = [f"At the end of training: the mean of each stage's last {training_logs.LAST_INTERVALS} logged "
+           "intervals (`<stage>/metrics.jsonl`); rows on one VAE repeat its columns. Every target but 001's "
+           "prior CSEM has conditional mean eps_LSI, so its loss minus its excess over LSI is the network's "
+           "own mean squared distance to the LSI target."]
+  if missing:
+    notes.append(f"Evaluated runs left out, their logs incomplete: {'; '.join(missing)}.")
+  return "\n".join(lines) + "\n\n" + " ".join(notes)
+
+
 DIAGNOSE_COLUMNS = (("mean abs(g - g*)", "gate_to_oracle"), ("mean abs(g - g_p)", "gate_to_prior"),
                     ("mean g", "gate"), ("mean g*", "oracle_gate"), ("mean g_p", "prior_gate"),
                     ("eps MSE: net vs LSI", "critic_vs_lsi"), ("eps MSE: net vs Gaussian fit", "critic_vs_gaussian"),
@@ -299,7 +304,7 @@ def sampler_study_table(study_dir: str) -> str:
   return "\n".join(lines)
 
 
-def sampler_study_tables(results: str = FMNIST_RESULTS) -> str:
+def sampler_study_tables(results: str = fmnist_records.FMNIST_RESULTS) -> str:
   """Each study under <results>/sampler_study/ with a line naming its run ('' without one)."""
   parts = []
   for path in sorted(glob.glob(os.path.join(results, "sampler_study", "*", "study.json"))):
@@ -310,10 +315,11 @@ def sampler_study_tables(results: str = FMNIST_RESULTS) -> str:
   return "\n\n".join(parts)
 
 
-def readme_tables(results: str = FMNIST_RESULTS) -> str:
-  """The results, claims, diagnosis and sampler-study tables of a results directory (README "Results")."""
-  records = fmnist_records(results)
+def readme_tables(results: str = fmnist_records.FMNIST_RESULTS) -> str:
+  """The results, claims, training, diagnosis and sampler-study tables of a results directory (README "Results")."""
+  records = fmnist_records.fmnist_records(results)
   parts = [fmnist_table(records), best_fid_line(records), sw2_tails_table(records), far_latents_table(results),
-           claims_table(records), diagnose_table(fmnist_records(results, stage="diagnose")),
+           claims_table(records), training_table(results),
+           diagnose_table(fmnist_records.fmnist_records(results, stage="diagnose")),
            sampler_study_tables(results)]
   return "\n\n".join(part for part in parts if part)

@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from cgdiff import records
 from cgdiff.train import writers
 from configs import fmnist_base
-from experiments import common, fmnist_rows, fmnist_tables
+from experiments import common, fmnist_records, fmnist_rows
 
 # Candidate sizes: overrides of fmnist_base. FLOPs of a batch-128 train step (XLA's count): VAE
 # (16, 32, 64) 5.1 GFLOP, (32, 64, 128) 19.8 GFLOP; UNet base 32 (1, 2, 2) with 1 ResBlock per level
@@ -147,7 +147,7 @@ def program_hours(stage_seconds: dict, seeds: int = 2, which: str = "best") -> d
 
 def eval_record(workdir: str) -> tuple[str, dict]:
   """(path, record) of the eval stage's record in `workdir`; SystemExit naming the workdir if it has none."""
-  found = fmnist_tables.find_record(os.path.join(workdir, "eval"), "eval")
+  found = fmnist_records.find_record(os.path.join(workdir, "eval"), "eval")
   if found is None:
     raise SystemExit(f"{workdir}/eval: no eval record.")
   return found

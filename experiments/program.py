@@ -38,11 +38,11 @@ import time
 from typing import Sequence
 
 from cgdiff.train import writers
-from experiments import (common, fmnist_rows, fmnist_tables, program_costs, program_runs, row_figures,
+from experiments import (common, fmnist_records, fmnist_rows, program_costs, program_runs, row_figures,
                          sampler_study, tables)
 
 DEFAULT_ROOT = program_runs.DEFAULT_ROOT
-DEFAULT_RESULTS = fmnist_tables.FMNIST_RESULTS
+DEFAULT_RESULTS = fmnist_records.FMNIST_RESULTS
 LOCK = "program.lock"
 PAUSED = "program.paused"  # present while `pause` holds the running row (the stall watchdog waits)
 # A row that writes nothing to its log for this long is hung (its stages log at least every few minutes:

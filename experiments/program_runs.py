@@ -14,7 +14,7 @@ import sys
 from typing import Iterable, Sequence
 
 from cgdiff.train import writers
-from experiments import claims, common, fmnist_rows, fmnist_tables
+from experiments import claims, common, fmnist_records, fmnist_rows
 
 DEFAULT_ROOT = "runs/fmnist"  # where the program's workdirs go
 FIRST_SEEDS = (0, 1)
@@ -110,7 +110,7 @@ class Run:
   def committed_record(self) -> dict | None:
     if self.results_dir is None:
       return None
-    found = fmnist_tables.find_record(self.results_dir, "eval")
+    found = fmnist_records.find_record(self.results_dir, "eval")
     return found and found[1]
 
   def record(self) -> dict | None:
@@ -126,7 +126,7 @@ def runs_for(seeds: Iterable[int], root: str, rows: Sequence[fmnist_rows.Row] = 
 
 def eval_record(workdir: str) -> dict | None:
   """The eval record of a finished run (its workdir's eval/*.json written by the `eval` stage)."""
-  found = fmnist_tables.find_record(os.path.join(workdir, "eval"), "eval")
+  found = fmnist_records.find_record(os.path.join(workdir, "eval"), "eval")
   return found and found[1]
 
 

@@ -21,17 +21,17 @@ import matplotlib.image
 import numpy as np
 
 from cgdiff import plots
-from experiments import fmnist_rows, fmnist_tables
+from experiments import fmnist_records, fmnist_rows, fmnist_tables
 
 
-def gates_by_row(results: str = fmnist_tables.FMNIST_RESULTS) -> str:
+def gates_by_row(results: str = fmnist_records.FMNIST_RESULTS) -> str:
   """Writes <results>/figures/gates_by_row.png from the rows' diagnose records; returns its path.
 
   Raises:
     FileNotFoundError: no row under `results` has a diagnose record.
     ValueError: the records were made at different times, splits or numbers of posteriors.
   """
-  records = fmnist_tables.fmnist_records(results, stage="diagnose")
+  records = fmnist_records.fmnist_records(results, stage="diagnose")
   if not records:
     raise FileNotFoundError(f"no diagnose record under {results}/<row>/s<seed>/diagnose/.")
   fmnist_tables.diagnose_settings(records)
@@ -45,7 +45,7 @@ def gates_by_row(results: str = fmnist_tables.FMNIST_RESULTS) -> str:
                                    os.path.join(results, "figures", "gates_by_row.png"), title=title)
 
 
-def samples_by_row(results: str = fmnist_tables.FMNIST_RESULTS, seed: int = 0) -> str:
+def samples_by_row(results: str = fmnist_records.FMNIST_RESULTS, seed: int = 0) -> str:
   """Writes <results>/figures/samples_by_row.png: each row's committed sample grid at `seed` (the eval
   stage's 64 samples at its sampler, *_grid.png), one panel per row in table order; returns its path.
 

@@ -26,7 +26,7 @@ import subprocess
 from typing import Sequence
 
 from cgdiff import plots, records
-from experiments import common, fmnist_rows, fmnist_tables, program_runs
+from experiments import common, fmnist_records, fmnist_rows, fmnist_tables, program_runs
 
 # (method, steps): RK4 at 5, 10, 20 steps; the other ODE solvers and DDIM at 40 NFE, RK4@10's budget; the
 # SDE samplers at 25, 50 and 100 steps (Heun-PC) and 001's fresh-noise variant at 50.
@@ -165,7 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--seed", type=int, default=None,
                       help="default: the first seed finished on this machine, else 0")
   parser.add_argument("--root", default=program_runs.DEFAULT_ROOT)
-  parser.add_argument("--results", default=fmnist_tables.FMNIST_RESULTS)
+  parser.add_argument("--results", default=fmnist_records.FMNIST_RESULTS)
   return parser.parse_args(argv)
 
 

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from experiments import fmnist_rows, fmnist_tables
+from experiments import fmnist_records, fmnist_rows, fmnist_tables
 
 # The README's Fashion-MNIST tables lie between these lines; `--readme` writes them there.
 README_BEGIN = "<!-- begin: python -m experiments.tables (written by --readme; do not edit) -->"
@@ -108,7 +108,7 @@ def check_readme(path: str) -> str:
   return text
 
 
-def write_readme(path: str, results: str = fmnist_tables.FMNIST_RESULTS) -> bool:
+def write_readme(path: str, results: str = fmnist_records.FMNIST_RESULTS) -> bool:
   """Writes `results`' tables into the README at `path`; returns whether it changed. ValueError where the
   README or the records cannot make them (the message names which)."""
   text = check_readme(path)
@@ -130,7 +130,7 @@ def main(paths: list[str]) -> None:
     print(f"{paths[1]}: tables {'written' if changed else 'already as printed'}.")
     return
   if not paths or (len(paths) == 1 and os.path.isdir(paths[0])):
-    print(fmnist_tables.readme_tables(paths[0] if paths else fmnist_tables.FMNIST_RESULTS))
+    print(fmnist_tables.readme_tables(paths[0] if paths else fmnist_records.FMNIST_RESULTS))
     return
   for path in paths:
     if not os.path.isfile(path):

@@ -1,5 +1,8 @@
-"""Shared fixtures: random Gaussian fields (MATH.md identity 5) and Monte Carlo tolerances."""
+"""Shared fixtures: random Gaussian fields (MATH.md identity 5), Monte Carlo tolerances, and training logs
+as the stages write them (metrics.jsonl)."""
 
+import json
+import os
 from statistics import NormalDist
 
 import jax.numpy as jnp
@@ -34,3 +37,17 @@ def field_moments(means, logvars, log_weights):
 def as_batch(x, n):
   """Repeat one point n times along a new batch axis."""
   return jnp.broadcast_to(x, (n,) + jnp.shape(x))
+
+
+def write_jsonl(path, records) -> None:
+  """A metrics.jsonl (one JSON record per line) at `path`, its directories made."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def ldm_log(num_intervals: int) -> list[dict]:
+  """A score stage's logged intervals: interval k (step 100 k) has loss 1 + 1/k and excess over LSI 1/k,
+  so loss - excess = 1 in every interval."""
+  return [{"step": 100 * k, "loss": 1 + 1 / k, "score_loss": 1 + 1 / k, "target_excess_over_lsi": 1 / k,
+           "nonfinite": float(k == 3), "steps_per_sec": float(k)} for k in range(1, num_intervals + 1)]

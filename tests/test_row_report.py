@@ -7,33 +7,8 @@ import os
 
 import pytest
 
+from conftest import ldm_log, write_jsonl
 from experiments import row_report
-
-
-def write_jsonl(path, records) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in records)
-
-
-def ldm_log(num_intervals: int) -> list[dict]:
-  # Interval k (step 100 k): loss 1 + 1/k, excess 1/k, so loss - excess = 1 in every interval.
-  return [{"step": 100 * k, "loss": 1 + 1 / k, "score_loss": 1 + 1 / k, "target_excess_over_lsi": 1 / k,
-           "nonfinite": float(k == 3), "steps_per_sec": float(k)} for k in range(1, num_intervals + 1)]
-
-
-def test_training_summary_first_step_1000_and_mean_of_the_last_intervals():
-  summary = row_report.training_summary(ldm_log(20))
-  last = range(20 - row_report.LAST_INTERVALS + 1, 21)
-  assert summary["loss"]["first"] == 2.0 and summary["loss"]["step_1000"] == pytest.approx(1.1)
-  assert summary["loss"]["final"] == pytest.approx(1 + sum(1 / k for k in last) / len(last))
-  assert summary["net_to_lsi_final"] == pytest.approx(1.0)
-  assert summary["nonfinite"] == 1.0 and summary["median_steps_per_sec"] == 10.5 and summary["steps"] == 2000
-  assert "kl" not in summary and summary["step_1000_logged_at"] == 1000
-  # 001's prior CSEM: its target's conditional mean is not eps_LSI, so loss - excess measures nothing.
-  assert "net_to_lsi_final" not in row_report.training_summary(ldm_log(20), lsi_mean_target=False)
-  with pytest.raises(ValueError, match="no logged intervals"):
-    row_report.training_summary([])
 
 
 def test_report_reads_the_row_and_the_vae_it_shares(tmp_path, capsys):

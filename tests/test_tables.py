@@ -8,7 +8,7 @@ import os
 import matplotlib.image
 import pytest
 
-from experiments import fmnist_tables, row_figures, tables
+from experiments import fmnist_records, fmnist_tables, row_figures, tables
 
 
 def eval_record(fid: float, floor_values: list[float]) -> dict:
@@ -22,7 +22,7 @@ def test_fmnist_table_gives_mean_and_spread_over_seeds_beside_002(tmp_path):
     os.makedirs(directory / "diagnose")
     json.dump(eval_record(fid, [1e-4, 3e-4]), open(directory / "ldm_rk4_10_n10000.json", "w"))
     json.dump({"stage": "diagnose"}, open(directory / "diagnose" / "ldm.json", "w"))  # not an eval record
-  table = fmnist_tables.fmnist_table(fmnist_tables.fmnist_records(str(tmp_path)))
+  table = fmnist_tables.fmnist_table(fmnist_records.fmnist_records(str(tmp_path)))
   (row,) = [line for line in table.splitlines() if line.startswith("| (c)")]
   # FIDs 10 and 12: mean 11, sample sd sqrt(2) = 1.41; the floor pools 4 draws: mean 2e-4, sd 1.15e-4.
   assert "| 5.00 ± 0.00 (2) | 11.00 ± 1.41 (2) | 2.00e-03 ± 0.0e+00 (2) | 2.00e-04 ± 1.2e-04 (4) |" in row
@@ -35,11 +35,11 @@ def test_a_second_eval_record_of_a_seed_is_an_error_not_a_second_seed(tmp_path):
   directory = tmp_path / "c" / "s0"
   os.makedirs(directory)
   json.dump(eval_record(10.0, [1e-4]), open(directory / "ldm_rk4_10_n10000.json", "w"))
-  assert fmnist_tables.find_record(str(directory), "eval")[0].endswith("ldm_rk4_10_n10000.json")
-  assert fmnist_tables.find_record(str(directory), "diagnose") is None
+  assert fmnist_records.find_record(str(directory), "eval")[0].endswith("ldm_rk4_10_n10000.json")
+  assert fmnist_records.find_record(str(directory), "diagnose") is None
   json.dump(eval_record(20.0, [1e-4]), open(directory / "ldm_heun_pc_50_n10000.json", "w"))
   with pytest.raises(ValueError, match="2 eval records .* a run and seed has one"):
-    fmnist_tables.fmnist_records(str(tmp_path))
+    fmnist_records.fmnist_records(str(tmp_path))
 
 
 def test_the_lowest_mean_fid_is_set_beside_002_s_lowest(tmp_path):
@@ -50,7 +50,7 @@ def test_the_lowest_mean_fid_is_set_beside_002_s_lowest(tmp_path):
       os.makedirs(tmp_path / row / f"s{seed}")
       json.dump(eval_record(fid, [1e-4]), open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
   # Means: c 11, lsi 9 (one seed), a 10: lsi's is the lowest; 9 / 9.26 = 0.97.
-  assert fmnist_tables.best_fid_line(fmnist_tables.fmnist_records(str(tmp_path))) == (
+  assert fmnist_tables.best_fid_line(fmnist_records.fmnist_records(str(tmp_path))) == (
       "Lowest mean FID at RK4 x 10 (40 NFE): 9.00 (1), two-stage LSI LDM (reg. KL); 002's lowest: 9.26, "
       "(b) Tweedie on LSI-shaped latent (a's VAE); ours is 0.97 times 002's.")
 
@@ -71,7 +71,7 @@ def test_the_sw2_tails_table_reads_each_seed_against_its_own_floor(tmp_path):
     for seed, record in enumerate(records):
       os.makedirs(tmp_path / row / f"s{seed}")
       json.dump(record, open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
-  table = fmnist_tables.sw2_tails_table(fmnist_tables.fmnist_records(str(tmp_path)))
+  table = fmnist_tables.sw2_tails_table(fmnist_records.fmnist_records(str(tmp_path)))
   (row,) = [line for line in table.splitlines() if line.startswith("| (c)")]
   # SW2^2 / floor 10 and 30 (mean 20, sd 14.1); trimmed / trimmed floor 3 and 5 (4, sd 1.4); shares 0.8, 0.9;
   # the floor's 4 shares 0.1, 0.3, 0.1, 0.3 (0.2, sd 0.115); beyond: 10 and 30.
@@ -83,7 +83,7 @@ def test_the_sw2_tails_table_reads_each_seed_against_its_own_floor(tmp_path):
   bad["sw2"]["tail"] = 0.02
   json.dump(bad, open(tmp_path / "lsi" / "s0" / "ldm_rk4_10_n10000.json", "w"))
   with pytest.raises(ValueError, match="different tails"):
-    fmnist_tables.sw2_tails_table(fmnist_tables.fmnist_records(str(tmp_path)))
+    fmnist_tables.sw2_tails_table(fmnist_records.fmnist_records(str(tmp_path)))
 
 
 def test_the_command_reads_a_results_directory_and_names_a_missing_record(tmp_path, capsys):
@@ -127,7 +127,7 @@ def write_diagnose_record(results, row: str, seed: int, gate_to_oracle: list[flo
 def test_diagnose_table_averages_over_times_then_seeds_and_leaves_gateless_rows_blank(tmp_path):
   for row, seed, g in (("cg_element", 0, [0.1, 0.3]), ("cg_element", 1, [0.3, 0.5]), ("c", 0, None)):
     write_diagnose_record(tmp_path, row, seed, g)
-  table = fmnist_tables.diagnose_table(fmnist_tables.fmnist_records(str(tmp_path), stage="diagnose"))
+  table = fmnist_tables.diagnose_table(fmnist_records.fmnist_records(str(tmp_path), stage="diagnose"))
   (element,) = [line for line in table.splitlines()
                 if line.startswith("| two-stage critic-gate, posterior CSEM, per-element")]
   # |g - g*| averaged over the two times: 0.2 (seed 0) and 0.4 (seed 1): mean 0.3, sd 0.141.
@@ -147,7 +147,7 @@ def test_diagnose_table_refuses_records_of_different_settings(tmp_path):
               "split": "test", "gates": {"critic_vs_lsi": [1.0, 1.0]}}
     json.dump(record, open(tmp_path / row / "s0" / "diagnose" / "ldm.json", "w"))
   with pytest.raises(ValueError, match="different settings"):
-    fmnist_tables.diagnose_table(fmnist_tables.fmnist_records(str(tmp_path), stage="diagnose"))
+    fmnist_tables.diagnose_table(fmnist_records.fmnist_records(str(tmp_path), stage="diagnose"))
 
 
 def test_gates_by_row_figure_from_the_diagnose_records_and_its_errors(tmp_path, capsys):
@@ -178,7 +178,7 @@ def test_claims_table_judges_each_claim_on_the_seeds_beside_002(tmp_path):
       os.makedirs(tmp_path / row / f"s{seed}")
       json.dump({**eval_record(fid, [1e-4]), "config": {"seed": seed}},
                 open(tmp_path / row / f"s{seed}" / "ldm_rk4_10_n10000.json", "w"))
-  lines = fmnist_tables.claims_table(fmnist_tables.fmnist_records(str(tmp_path))).splitlines()
+  lines = fmnist_tables.claims_table(fmnist_records.fmnist_records(str(tmp_path))).splitlines()
   line = lambda start: next(l for l in lines if l.startswith(start))
   # c: mean 11, sd 1.41 -> 2 x sd 2.83; lsi: 7.2 (-3.80); cg_scalar: 14.1 (+3.10); 002: 12.18 - 13.45.
   # Per seed: lsi - c 7 - 10 and 7.4 - 12; cg_scalar - c 14 - 10 and 14.2 - 12; cg_element - c at seed 0 only.
@@ -213,7 +213,7 @@ def test_the_readme_s_tables_are_those_of_the_committed_records():
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with open(os.path.join(repo, "README.md")) as f:
     text = f.read()
-  printed = fmnist_tables.readme_tables(os.path.join(repo, fmnist_tables.FMNIST_RESULTS))
+  printed = fmnist_tables.readme_tables(os.path.join(repo, fmnist_records.FMNIST_RESULTS))
   assert tables.readme_with_tables(text, printed) == text, (
       "README.md's tables are not those of experiments/results/fmnist: python -m experiments.tables --readme README.md")
 
