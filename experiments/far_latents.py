@@ -30,7 +30,8 @@ import numpy as np
 
 from cgdiff import chunks, plots, records, samplers
 from cgdiff.metrics import banks, fid, inception_weights
-from experiments import evaluation, fmnist_records, fmnist_rows, fmnist_tables, latent_space, program_runs, sampling
+from experiments import (evaluation, fmnist_records, fmnist_rows, fmnist_tables, latent_space, program_runs,
+                         sampling)
 
 STEP_FACTORS = (1, 2, 4, 8)
 BATCH_SIZE = 64

@@ -30,13 +30,19 @@ def find_record(directory: str, stage: str) -> tuple[str, dict[str, Any]] | None
   return found[0] if found else None
 
 
+def seed_dirs(results: str, row: str) -> list[tuple[int, str]]:
+  """(seed, <results>/<row>/s<seed>) of every committed seed directory of `row`, by seed."""
+  found = [(int(path.rsplit("s", 1)[1]), path) for path in glob.glob(os.path.join(results, row, "s*"))]
+  return sorted(found)
+
+
 def fmnist_records(results: str = FMNIST_RESULTS, stage: str = "eval") -> dict[str, list[dict[str, Any]]]:
   """{row: [record of each seed, by seed]} of the committed Fashion-MNIST records of `stage`: "eval"
   (<row>/s<seed>/*.json) or "diagnose" (<row>/s<seed>/diagnose/*.json)."""
   out = {}
   for row in fmnist_rows.ROWS:
     seeds = []
-    for seed_dir in sorted(glob.glob(os.path.join(results, row.name, "s*")), key=lambda p: int(p.rsplit("s", 1)[1])):
+    for _, seed_dir in seed_dirs(results, row.name):
       found = find_record(os.path.join(seed_dir, "diagnose") if stage == "diagnose" else seed_dir, stage)
       if found is not None:
         seeds.append(found[1])

@@ -1,8 +1,7 @@
-"""The Fashion-MNIST program's tables, from its committed records (README "Results"): mean ± sd over
-seeds beside 002's Table 1, our lowest FID beside 002's, what SW2^2 is made of, the far latents, the
-documents' orderings judged by the protocol's rule, the end of training, and the diagnosis of the
-trained networks.
-`python -m experiments.tables` prints them; `--readme` writes them into the README.
+"""The Fashion-MNIST program's tables, from its committed records and training logs (README "Results"):
+mean ± sd over seeds beside 002's Table 1, our lowest FID beside 002's, what SW2^2 is made of, the far
+latents, the documents' orderings judged by the protocol's rule, the end of training, and the diagnosis
+of the trained networks. `python -m experiments.tables` prints them; `--readme` writes them into the README.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import statistics
 from typing import Any, Sequence
 
 from experiments import claims, fmnist_records, fmnist_rows, program_runs, training_logs
+
 
 def mean_spread(values: Sequence[float | None], mean_format: str, spread_format: str | None = None) -> str:
   """'mean ± sd (n)' over seeds (None values left out; '-' if none), the mean in `mean_format` and the
@@ -196,7 +196,7 @@ def claims_table(records: dict[str, list[dict[str, Any]]]) -> str:
   return "\n".join(lines)
 
 
-# diagnose_table's columns: (heading, the diagnose record's `gates` key), each averaged over the times.
+# training_table's columns: (heading, training_logs.end_of_training's key, format).
 TRAINING_COLUMNS = (("VAE: reconstruction", "reconstruction", ".4f"), ("VAE: KL", "kl", ".2f"),
                     ("VAE: mean posterior log-variance", "posterior_logvar_mean", ".2f"),
                     ("score loss", "score_loss", ".4f"), ("target's excess over LSI", "target_excess_over_lsi", ".4f"),
@@ -213,8 +213,8 @@ def training_table(results: str = fmnist_records.FMNIST_RESULTS) -> str:
   missing = []
   for row in fmnist_rows.ROWS:
     ends = []
-    for seed in program_runs.ALL_SEEDS:
-      run = program_runs.Run(row, seed, "", results)
+    for seed, _ in fmnist_records.seed_dirs(results, row.name):
+      run = program_runs.Run(row, seed, root="", results=results)  # its committed paths only
       if run.committed_record() is None:
         continue
       try:
@@ -235,6 +235,7 @@ def training_table(results: str = fmnist_records.FMNIST_RESULTS) -> str:
   return "\n".join(lines) + "\n\n" + " ".join(notes)
 
 
+# diagnose_table's columns: (heading, the diagnose record's `gates` key), each averaged over the times.
 DIAGNOSE_COLUMNS = (("mean abs(g - g*)", "gate_to_oracle"), ("mean abs(g - g_p)", "gate_to_prior"),
                     ("mean g", "gate"), ("mean g*", "oracle_gate"), ("mean g_p", "prior_gate"),
                     ("eps MSE: net vs LSI", "critic_vs_lsi"), ("eps MSE: net vs Gaussian fit", "critic_vs_gaussian"),

@@ -39,15 +39,17 @@ def write_run(results, row: str, seed: int, stage: str = "ldm") -> None:
   write_jsonl(directory / stage / "metrics.jsonl", ldm_log(12))
 
 
-def test_end_of_training_takes_the_vae_from_its_stage_and_the_score_from_the_run_own():
+def test_end_of_training_takes_the_vae_from_its_stage_and_the_score_from_the_run_s_own():
   # (b): its own LDM, (a)'s co-trained VAE, whose log also has a score loss that is (a)'s, not (b)'s.
   cotrain = [dict(m, score_loss=7.0, target_excess_over_lsi=0.0) for m in vae_log(12, -1.0)]
-  training = {"ldm": training_logs.training_summary(ldm_log(12)),
-              "a/cotrain": training_logs.training_summary(cotrain)}
+  # The shared log first: the score network's columns must still come from the run's own stage.
+  training = {"a/cotrain": training_logs.training_summary(cotrain),
+              "ldm": training_logs.training_summary(ldm_log(12))}
   end = training_logs.end_of_training(training)
   last = range(2, 13)  # the last 11 of 12 intervals
   assert end["posterior_logvar_mean"] == -1.0 and end["kl"] == 3.0 and end["reconstruction"] == 0.02
-  assert end["score_loss"] == pytest.approx(1 + sum(1 / k for k in last) / 11) and end["net_to_lsi"] == pytest.approx(1.0)
+  assert end["score_loss"] == pytest.approx(1 + sum(1 / k for k in last) / 11)
+  assert end["net_to_lsi"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="no autoencoder log among \\['ldm'\\]"):
     training_logs.end_of_training({"ldm": training["ldm"]})
   with pytest.raises(ValueError, match="no score network log"):
@@ -68,9 +70,9 @@ def test_training_table_means_over_seeds_and_no_lsi_distance_for_the_prior_csem(
   (prior,) = [line for line in lines if line.startswith("| two-stage critic-gate, prior CSEM")]
   assert prior.endswith(" (1) | - |") and "-5.00 (1)" in prior
   assert not any(line.startswith("| two-stage LSI") for line in lines)
+  assert lines[-1].endswith("network's own mean squared distance to the LSI target.")
   # An evaluated run whose logs are not all committed is named, not averaged in, nor does it stop the tables.
   write_run(tmp_path, "lsi", 2)  # no two-stage VAE of seed 2
-  assert lines[-1].endswith("network's own mean squared distance to the LSI target.")
   assert fmnist_tables.training_table(str(tmp_path)).endswith(
       "Evaluated runs left out, their logs incomplete: lsi/s2 (no autoencoder log among ['ldm']).")
   assert fmnist_tables.training_table(str(tmp_path / "none")) == ""
