@@ -380,11 +380,10 @@ def status(root: str, results: str) -> str:
       state = "started" if os.path.exists(os.path.join(run.workdir, "run.log")) else "left"
     eta = "?" if seconds is None else f"{seconds / 3600:.1f} h"
     lines.append(f"  {state:8s} {run.name:16s} ~{eta}")
-  study, study_left = study_status(root, results, costs, running)
-  if study_left != 0.0:
-    unknown |= study_left is None
-    left += study_left or 0.0
-    whole += study_left or 0.0
+  study, study_left, study_whole = study_status(root, results, costs, running)
+  unknown |= study_whole is None
+  left += study_left or 0.0
+  whole += study_whole or 0.0
   lines.append(f"  {study}")
   head = f"program in {root}: " + (f"driver pid {lock['pid']}, running {running}" if lock else "not running")
   unknown_part = " (+ runs of unknown cost)" if unknown else ""
@@ -397,21 +396,23 @@ def status(root: str, results: str) -> str:
                     + json.dumps({k: float(f"{v:.3g}") for k, v in costs.items()})])
 
 
-def study_status(root: str, results: str, costs: dict[str, float], running: str | None) -> tuple[str, float | None]:
-  """The sampler study's line of `status` (done, where its records are; running; or left, with its cost)
-  and its seconds left as `status` counts them: 0 unless it is left, None where its cost is unknown."""
+def study_status(root: str, results: str, costs: dict[str, float],
+                 running: str | None) -> tuple[str, float | None, float | None]:
+  """The sampler study's line of `status` (done, where its records are; running, with its cost; or left,
+  with its cost), its seconds left (0 once done; its whole cost while it runs: its progress is not
+  counted) and its whole cost, at `costs` (None where they do not give it)."""
+  seconds = program_costs.study_seconds(costs)
+  eta = "?" if seconds is None else f"{seconds / 3600:.1f} h"
   done = sorted(os.path.basename(os.path.dirname(path)) for path in
                 glob.glob(os.path.join(results, "sampler_study", "*", "study.json"))
                 if sampler_study.finished(os.path.dirname(path)))
   if done:
-    return f"done     sampler study    {', '.join(done)} ({os.path.join(results, 'sampler_study')})", 0.0
+    return f"done     sampler study    {', '.join(done)} ({os.path.join(results, 'sampler_study')})", 0.0, seconds
   if running and running.startswith("sampler study"):
-    return f"running  {running}", 0.0
-  seconds = program_costs.study_seconds(costs)
-  eta = "?" if seconds is None else f"{seconds / 3600:.1f} h"
+    return f"running  {running}  ~{eta} in all", seconds, seconds
   row = sampler_study.lowest_mean_fid_row(root, results)
   best = f", on the row of lowest mean FID (now {row})" if row else ""
-  return f"left     sampler study    ~{eta} (after the runs{best})", seconds
+  return f"left     sampler study    ~{eta} (after the runs{best})", seconds, seconds
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -450,6 +450,10 @@ def test_the_whole_program_ends_with_the_sampler_study_on_its_best_row_once(fake
       "README.md", "results/sampler_study/c_s0/study.json"]
   assert "The sampler study on c/s0" in readme.read_text()
   assert "done     sampler study    c_s0" in program.status(root, results)
+  # Done, it counts nothing left and its cost in the whole program's.
+  costs = {"eval_per_sample": 0.1, "sampling_per_nfe_sample": 1e-3}
+  _, left, whole = program.study_status(root, results, costs, running=None)
+  assert left == 0.0 and whole == program_costs.study_seconds(costs) > 0
   program.run_program(root, results, (), do_commit=True)
   assert calls(root)[4:] == ["study:c/s0"]  # finished: not run again
 
