@@ -233,9 +233,22 @@ def attempt(job: Job, root: str, stop: threading.Event) -> tuple[int, float]:
       return status, seconds
 
 
+def mark_failed(run: program_runs.Run, **why) -> None:
+  """<workdir>/failed.json: `status` shows the run as failed; the next `run` tries it again."""
+  with open(os.path.join(run.workdir, "failed.json"), "w") as f:
+    json.dump({"failed": datetime.datetime.now().isoformat(timespec="seconds"), **why}, f)
+
+
 def finish_run(run: program_runs.Run, seconds: float, results: str, do_commit: bool, readme: str | None) -> None:
   """Copies a finished run's artefacts, draws the figures across rows and writes the README's tables
   again, commits them, then marks it done."""
+  differs = program_runs.vae_differs(run, program_runs.runs_for((run.seed,), run.root, results=results))
+  if differs:
+    why = (f"its VAE ({run.vae_workdir}) differs from the one of the committed {', '.join(differs)}: "
+           "not committed (a shared VAE trained again must equal the committed one, bit for bit)")
+    program_runs.log(f"{run.name}: {why}")
+    mark_failed(run, why=why)
+    return
   if os.path.exists(os.path.join(run.workdir, "failed.json")):
     os.remove(os.path.join(run.workdir, "failed.json"))
   record = program_runs.eval_record(run.workdir)
@@ -327,8 +340,7 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
         program_runs.log(f"{run.name}: stopped by SIGTERM (exit status {status}); the next `run` resumes it")
         break
       if status != 0:
-        with open(os.path.join(run.workdir, "failed.json"), "w") as f:
-          json.dump({"failed": datetime.datetime.now().isoformat(timespec="seconds"), "status": status}, f)
+        mark_failed(run, status=status)
         continue
       finish_run(run, seconds, results, do_commit, readme)
     whole_program = seeds is None and rows is None and not overrides
@@ -372,14 +384,18 @@ def status(root: str, results: str) -> str:
       continue
     unknown |= seconds is None
     left += seconds or 0.0
+    why = ""
     if run.name == running:
       state = "running"
     elif os.path.exists(os.path.join(run.workdir, "failed.json")):
       state = "failed"
+      with open(os.path.join(run.workdir, "failed.json")) as f:
+        why = json.load(f).get("why", "")
+      why = why and f": {why}"
     else:
       state = "started" if os.path.exists(os.path.join(run.workdir, "run.log")) else "left"
     eta = "?" if seconds is None else f"{seconds / 3600:.1f} h"
-    lines.append(f"  {state:8s} {run.name:16s} ~{eta}")
+    lines.append(f"  {state:8s} {run.name:16s} ~{eta}{why}")
   study, study_left, study_whole = study_status(root, results, costs, running)
   unknown |= study_whole is None
   left += study_left or 0.0

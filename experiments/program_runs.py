@@ -137,8 +137,28 @@ def vae_trained_again(run: Run, runs: Sequence[Run]) -> bool:
   if run.vae_workdir is None or any(os.path.isdir(os.path.join(run.vae_workdir, stage, "checkpoints"))
                                     for stage in common.TRAINING_STAGES):
     return False
-  return any(other.seed == run.seed and other.done() and not other.finished_here()
-             and run.vae_workdir in (other.vae_workdir, other.workdir) for other in runs)
+  return any(shares_vae(run, other) and other.done() and not other.finished_here() for other in runs)
+
+
+def shares_vae(run: Run, other: Run) -> bool:
+  """Whether `other` is another run at `run`'s seed whose networks include the VAE `run` trains on."""
+  return (other.name != run.name and other.seed == run.seed and run.vae_workdir is not None
+          and run.vae_workdir in (other.vae_workdir, other.workdir))
+
+
+def vae_differs(run: Run, runs: Sequence[Run]) -> list[str]:
+  """'<run> (<sha256>)' for each committed run among `runs` that shares `run`'s VAE but whose record names
+  another VAE (networks.vae_sha256) than `run`'s eval record here: the shared VAE trained again
+  (vae_trained_again) is not the one they were evaluated on, so the rows' results would not compare."""
+  mine = ((eval_record(run.workdir) or {}).get("networks") or {}).get("vae_sha256")
+  if mine is None:
+    return []
+  differs = []
+  for other in runs:
+    theirs = ((other.committed_record() or {}).get("networks") or {}).get("vae_sha256")
+    if shares_vae(run, other) and theirs is not None and theirs != mine:
+      differs.append(f"{other.name} ({theirs[:12]})")
+  return differs
 
 
 def fids_by_row(root: str, seeds: Iterable[int], results: str | None = None) -> dict[str, list[float]]:

@@ -37,6 +37,7 @@ os.makedirs(os.path.join(workdir, "ldm"), exist_ok=True)
 print("I1202 00:00:00.0 1 inception.py:390] Inception: real images: 50/100 images")
 print("I1202 00:00:00.0 1 chunks.py:99] Inception: real images: rows 0..100 of 100 -> x.npy")
 record = {"stage": "eval", "metrics": {"fid": 10.0 + seed, "recon_fid": 5.0, "sw2_squared": 1e-3},
+          "networks": {"vae_sha256": os.environ.get("FAKE_VAE_SHA256", "vae" + str(seed))},
           "sw2": {"real_vs_real": {"values": [1e-4, 2e-4]}},
           "wall_seconds": {"total": 100.0, "reference_statistics": 25.0, "recon_fid_features": 15.0}}
 json.dump(record, open(os.path.join(workdir, "eval", "ldm_rk4_10_n8.json"), "w"))
@@ -183,12 +184,14 @@ def test_status_counts_what_is_left_with_the_measured_costs(fake_rows):
   assert "recon" not in costs
 
 
-def commit_record(results: str, row: str, seed: int, fid: float, steps_per_sec: float) -> None:
+def commit_record(results: str, row: str, seed: int, fid: float, steps_per_sec: float,
+                  vae_sha256: str | None = None) -> None:
   """What an earlier machine's driver committed for row/s<seed> (an eval record and the training log),
   its workdir gone."""
   target = os.path.join(results, row, f"s{seed}")
   os.makedirs(os.path.join(target, "ldm"))
-  json.dump({"stage": "eval", "metrics": {"fid": fid}, "wall_seconds": {"total": 80.0}},
+  json.dump({"stage": "eval", "metrics": {"fid": fid}, "wall_seconds": {"total": 80.0},
+             "networks": {"vae_sha256": vae_sha256}},
             open(os.path.join(target, "ldm_rk4_10_n10000.json"), "w"))
   with open(os.path.join(target, "ldm", "metrics.jsonl"), "w") as log:
     log.write(json.dumps({"step": 100, "steps_per_sec": steps_per_sec}) + "\n")
@@ -214,6 +217,27 @@ def test_runs_committed_on_an_earlier_machine_are_done_and_count(fake_rows, caps
   # ldm rates: c/s0's and c/s1's committed logs (2 steps/s) and lsi/s0's workdir (4 steps/s).
   costs = program_costs.measured_costs(root, results)
   assert costs["ldm"] == pytest.approx(1 / 2.0)
+
+
+def test_a_shared_vae_trained_again_must_be_the_one_the_committed_rows_were_evaluated_on(
+    fake_rows, monkeypatch, capsys):
+  """lsi/s0 trains the two-stage VAE of seed 0 again after c/s0 was committed on an earlier machine: with
+  the same VAE hash it is committed; with another it is marked failed, says why, and is not copied."""
+  root, results = str(fake_rows / "runs"), str(fake_rows / "results")
+  commit_record(results, "c", 0, 10.0, steps_per_sec=2.0, vae_sha256="vae0")
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert os.path.exists(os.path.join(root, "lsi", "s0", "done.json"))
+  monkeypatch.setenv("FAKE_VAE_SHA256", "another")
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "cg_scalar", "d"))
+  assert calls(root) == ["lsi/s0", "cg_scalar/s0", "d/s0"]
+  assert "cg_scalar/s0: its VAE (" in capsys.readouterr().out
+  assert not os.path.exists(os.path.join(root, "cg_scalar", "s0", "done.json"))
+  assert not os.path.exists(os.path.join(results, "cg_scalar", "s0"))
+  assert os.path.exists(os.path.join(root, "d", "s0", "done.json"))  # its own VAE: nothing to compare
+  line = program.status(root, results).split("cg_scalar/s0")[1].splitlines()[0]
+  assert "differs from the one of the committed c/s0 (vae0), lsi/s0 (vae0): not committed" in line
+  runs = program_runs.runs_for((0,), root, results=results)
+  assert program_runs.vae_differs(runs[2], runs) == ["c/s0 (vae0)", "lsi/s0 (vae0)"]
 
 
 def test_a_shared_vae_s_logs_are_copied_to_its_committed_home_and_costed_from_the_workdir(tmp_path):
