@@ -13,7 +13,8 @@ FID is within twice the spread between seeds of another row's (`program_runs.thi
 the sampler study (experiments.sampler_study) on the row of lowest mean FID, committed at the end. A
 finished run leaves `done.json` in its workdir; its records, figures and training logs are copied to
 <results>/<row>/s<seed>/, the figures across rows (experiments.row_figures) are drawn again and, with
---commit, all are committed at once. A run whose eval record is there is done
+--commit, all are committed at once; then experiments.far_latents studies its far latents while its
+checkpoints are here (committed on its own). A run whose eval record is there is done
 on any machine, its workdir there or not. A failed run is tried again once (a
 hung one, killed by the stall watchdog, up to MAX_STALLS times), then left for the next `run` (its log
 stays in <workdir>/run.log). A SIGTERM stops the driver: it passes the signal on to the running row, which
@@ -45,6 +46,7 @@ DEFAULT_ROOT = program_runs.DEFAULT_ROOT
 DEFAULT_RESULTS = fmnist_records.FMNIST_RESULTS
 LOCK = "program.lock"
 PAUSED = "program.paused"  # present while `pause` holds the running row (the stall watchdog waits)
+FAR_LATENTS_FAILED = "far_latents_failed.json"  # in a workdir where experiments.far_latents made no record
 # A row that writes nothing to its log for this long is hung (its stages log at least every few minutes:
 # training every log_every steps, evaluation every Inception batch); it is killed and tried again.
 STALL_SECONDS = 30 * 60
@@ -264,6 +266,50 @@ def finish_run(run: program_runs.Run, seconds: float, results: str, do_commit: b
     json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
 
 
+def far_latents_job(run: program_runs.Run, results: str) -> Job:
+  return Job(f"far latents {run.name}",
+             [sys.executable, "-m", "experiments.far_latents", run.row.name, f"--seed={run.seed}",
+              f"--root={run.root}", f"--results={results}"],
+             os.path.join(run.workdir, "far_latents.log"))
+
+
+def far_latents_out(run: program_runs.Run, results: str) -> str:
+  return os.path.join(results, "far_latents", f"{run.row.name}_s{run.seed}")
+
+
+def far_latents_pending(run: program_runs.Run, results: str) -> bool:
+  """Whether `run` finished here and experiments.far_latents has neither studied it nor failed on it."""
+  return (run.finished_here() and not os.path.exists(far_latents_out(run, results) + ".json")
+          and not os.path.exists(os.path.join(run.workdir, FAR_LATENTS_FAILED)))
+
+
+def run_far_latents(run: program_runs.Run, results: str, do_commit: bool, stop: threading.Event,
+                    readme: str | None) -> None:
+  """experiments.far_latents on a run finished here, while its checkpoints and eval samples are on this
+  machine (a later session may start without them); its record and figure are committed with the
+  README's tables. Tried once: a run with no far latents, or one where it fails, is logged and marked
+  (the command can be run by hand while the workdir is here); one a SIGTERM stopped is tried again."""
+  job, out = far_latents_job(run, results), far_latents_out(run, results)
+  program_runs.log(f"{job.name}: start: {' '.join(job.command)}")
+  status = run_one(job, run.root)
+  if status != 0 or not os.path.exists(out + ".json"):
+    if not stop.is_set():
+      with open(os.path.join(run.workdir, FAR_LATENTS_FAILED), "w") as f:
+        json.dump({"failed": datetime.datetime.now().isoformat(timespec="seconds"), "status": status}, f)
+    program_runs.log(f"{job.name}: exit status {status}, no record; see {job.log_path}")
+    return
+  with open(out + ".json") as f:
+    record = json.load(f)
+  written = sorted(glob.glob(out + ".*")) + (update_readme(readme, results) if readme else [])
+  steps = record["by_steps"]
+  result = (f"{len(record['far_rows'])} of {record['num_compared']} latents beyond the real max at "
+            f"{record['eval_record']['sampler']} x {steps[0]['steps']}, {steps[-1]['far']['beyond_real_max']} "
+            f"still at x {steps[-1]['steps']}")
+  program_runs.log(f"{job.name}: {result}")
+  if do_commit:
+    commit(written, f"Far latents {run.name}: {result}")
+
+
 def pending_study(root: str, results: str) -> program_runs.Run | None:
   """The run the sampler study is for once every planned run is done (the row with the lowest mean FID
   over its seeds, at a seed whose checkpoints are here if any), or None: runs are left, or its study
@@ -327,6 +373,11 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
               else program_runs.planned_runs(root, results))
       if rows is not None:
         runs = [r for r in runs if r.row.name in rows]
+      for done_here in [r for r in runs if far_latents_pending(r, results)]:
+        if not stop.is_set():
+          run_far_latents(done_here, results, do_commit, stop, readme)
+      if stop.is_set():
+        break
       todo = [r for r in runs if not r.done() and r.name not in attempted]
       if not todo:
         break

@@ -3,6 +3,7 @@ commits. Rows are replaced by a stand-in command that writes what `experiments.r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -48,12 +49,35 @@ with open(os.path.join(os.path.dirname(os.path.dirname(workdir)), "calls.txt"), 
 """
 
 
+# A stand-in for `experiments.far_latents` on a finished run: its record where <workdir>/far exists, else
+# exit 1, as the real one does for a run none of whose latents lies beyond the real maximum.
+FAKE_FAR_LATENTS = r"""
+import json, os, sys
+workdir, out = sys.argv[1], sys.argv[2]
+if not os.path.exists(os.path.join(workdir, "far")):
+  sys.exit("no generated latent lies beyond the real maximum norm")
+os.makedirs(os.path.dirname(out), exist_ok=True)
+step = lambda steps, far: {"steps": steps, "far": {"beyond_real_max": far}}
+json.dump({"far_rows": [3, 7], "num_compared": 8, "eval_record": {"sampler": "rk4"},
+           "by_steps": [step(10, 2), step(80, 1)]}, open(out + ".json", "w"))
+open(out + ".png", "wb").write(b"png")
+"""
+
+
 @pytest.fixture
 def fake_rows(monkeypatch, tmp_path):
-  script = tmp_path / "fake_run.py"
+  script, far_script = tmp_path / "fake_run.py", tmp_path / "fake_far_latents.py"
   script.write_text(FAKE_RUN)
+  far_script.write_text(FAKE_FAR_LATENTS)
   monkeypatch.setattr(program_runs.Run, "command",
                       lambda self, overrides=(): [sys.executable, str(script), self.workdir, str(self.seed)])
+  real_far_job = program.far_latents_job
+
+  def far_latents_job(run, results):
+    out = os.path.join(results, "far_latents", f"{run.row.name}_s{run.seed}")
+    return dataclasses.replace(real_far_job(run, results), command=[sys.executable, str(far_script), run.workdir, out])
+
+  monkeypatch.setattr(program, "far_latents_job", far_latents_job)
   return tmp_path
 
 
@@ -94,6 +118,31 @@ def test_program_runs_each_row_once_copies_its_artefacts_and_resumes(fake_rows):
   assert not os.path.exists(os.path.join(root, program.LOCK))
 
 
+def test_each_finished_run_gets_its_far_latents_studied_while_its_checkpoints_are_here(fake_rows, capsys):
+  """After a run is done, experiments.far_latents runs on it once; a run with no far latents is logged
+  and stays done."""
+  root, results = str(fake_rows / "runs"), str(fake_rows / "results")
+  os.makedirs(os.path.join(root, "c", "s0"))
+  open(os.path.join(root, "c", "s0", "far"), "w").close()
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert sorted(os.listdir(os.path.join(results, "far_latents"))) == ["c_s0.json", "c_s0.png"]
+  out = capsys.readouterr().out
+  assert "far latents c/s0: 2 of 8 latents beyond the real max at rk4 x 10, 1 still at x 80" in out
+  assert "far latents lsi/s0: exit status 1, no record" in out
+  assert "no generated latent" in open(os.path.join(root, "lsi", "s0", "far_latents.log")).read()
+  assert os.path.exists(os.path.join(root, "lsi", "s0", "done.json"))
+  assert os.path.exists(os.path.join(root, "lsi", "s0", program.FAR_LATENTS_FAILED))
+  program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
+  assert "far latents" not in capsys.readouterr().out  # each tried once
+  # One that a SIGTERM stopped is not marked: the next driver tries it again.
+  os.remove(os.path.join(root, "lsi", "s0", program.FAR_LATENTS_FAILED))
+  stopped = threading.Event()
+  stopped.set()
+  lsi = program_runs.runs_for((0,), root, results=results)[1]
+  program.run_far_latents(lsi, results, do_commit=False, stop=stopped, readme=None)
+  assert program.far_latents_pending(lsi, results)
+
+
 def test_a_failing_row_is_retried_once_then_left_for_the_next_run(fake_rows):
   root, results = str(fake_rows / "runs"), str(fake_rows / "results")
   os.makedirs(os.path.join(root, "c", "s0"))
@@ -117,12 +166,13 @@ def test_a_hung_row_is_retried_up_to_max_stalls_times(monkeypatch, fake_rows):
   def run_one(job, root):  # hangs `stalls` times, then runs for real
     os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
     attempts[job.name] = attempts.get(job.name, 0) + 1
-    stalls = {"c/s0": program.MAX_STALLS, "lsi/s0": program.MAX_STALLS + 1}[job.name]
+    stalls = {"c/s0": program.MAX_STALLS, "lsi/s0": program.MAX_STALLS + 1}.get(job.name, 0)
     return program.STALLED if attempts[job.name] <= stalls else real_run_one(job, root)
 
   monkeypatch.setattr(program, "run_one", run_one)
   program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
-  assert attempts == {"c/s0": program.MAX_STALLS + 1, "lsi/s0": program.MAX_STALLS + 1}
+  assert attempts == {"c/s0": program.MAX_STALLS + 1, "lsi/s0": program.MAX_STALLS + 1,
+                      "far latents c/s0": 1}  # tried once, after c/s0 was done
   assert calls(root) == ["c/s0"]
   assert os.path.exists(os.path.join(root, "c", "s0", "done.json"))
   assert os.path.exists(os.path.join(root, "lsi", "s0", "failed.json"))
