@@ -19,220 +19,44 @@ on any machine, its workdir there or not. A failed run is tried again once (a
 hung one, killed by the stall watchdog, up to MAX_STALLS times), then left for the next `run` (its log
 stays in <workdir>/run.log). A SIGTERM stops the driver: it passes the signal on to the running row, which
 saves the training step it is in (cgdiff.train.loop), waits for it and exits; the next `run` resumes.
+
+How jobs are run and watched (lock, stall watchdog, retries, signals) is experiments.program_jobs; what is
+kept of a finished run (copies, figures, README tables, commits), experiments.program_artefacts.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import glob
 import json
 import os
-import re
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from typing import Sequence
 
-from cgdiff.train import writers
-from experiments import (common, fmnist_records, fmnist_rows, program_costs, program_runs, row_figures,
+from experiments import (fmnist_records, fmnist_rows, program_artefacts, program_costs, program_jobs, program_runs,
                          sampler_study, tables)
 
 DEFAULT_ROOT = program_runs.DEFAULT_ROOT
 DEFAULT_RESULTS = fmnist_records.FMNIST_RESULTS
-LOCK = "program.lock"
-PAUSED = "program.paused"  # present while `pause` holds the running row (the stall watchdog waits)
 FAR_LATENTS_FAILED = "far_latents_failed.json"  # in a workdir where experiments.far_latents made no record
-# A row that writes nothing to its log for this long is hung (its stages log at least every few minutes:
-# training every log_every steps, evaluation every Inception batch); it is killed and tried again.
-STALL_SECONDS = 30 * 60
-STALLED = -100
-# A crash is tried again once. A hang is not the row's fault (README Reliability: the rare collective
-# hang on several CPU devices) and its retry resumes from the newest intact checkpoint, losing at most
-# checkpoint_every steps, so a row may stall this many times before it is left as failed.
-MAX_STALLS = 4
-# Inception's per-batch progress lines: 9 in 10 lines of an evaluation's log, and the chunk lines that
-# follow them say the same with their times; left out of the committed copy of run.log.
-PROGRESS_LINE = re.compile(r"\] Inception: [^:]*: \d+/\d+ images$")
 
 
-def copy_artefacts(run: program_runs.Run) -> list[str]:
-  """Copies the run's small artefacts (eval records and figures, the diagnose stage's record and figures
-  in diagnose/, training logs and stage configs, run.log without Inception's progress lines) to its
-  results_dir (the shared VAE's to its committed_vae_dir); returns the paths written."""
-  if run.results_dir is None:
-    raise ValueError(f"{run.name}: a run without a results directory has nowhere to copy its artefacts.")
-  written = []
-
-  def copy(source: str, target_dir: str) -> None:
-    os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, os.path.basename(source))
-    shutil.copyfile(source, target)
-    written.append(target)
-
-  target = run.results_dir
-  # The row's log (every attempt, the shared VAE's training where this row trained it): where the
-  # records' wall times can be checked against the times of each logged step and chunk.
-  with open(os.path.join(run.workdir, "run.log"), errors="replace") as source:
-    kept = [line for line in source if not PROGRESS_LINE.search(line.rstrip("\n"))]
-  os.makedirs(target, exist_ok=True)
-  with open(os.path.join(target, "run.log"), "w") as log:
-    log.writelines(kept)
-  written.append(os.path.join(target, "run.log"))
-  for path in sorted(glob.glob(os.path.join(run.workdir, "eval", "*.json"))
-                     + glob.glob(os.path.join(run.workdir, "eval", "*.png"))):
-    copy(path, target)
-  for path in sorted(glob.glob(os.path.join(run.workdir, "diagnose", "*"))):
-    copy(path, os.path.join(target, "diagnose"))
-  for home in run.homes():
-    for name in (writers.METRICS_FILE, common.STAGE_SETTINGS):
-      for stage, path in program_runs.stage_files(home.workdir, name).items():
-        copy(path, os.path.join(home.committed, stage))
-  return written
+def row_job(run: program_runs.Run, overrides: Sequence[str]) -> program_jobs.Job:
+  return program_jobs.Job(run.name, run.command(overrides), os.path.join(run.workdir, "run.log"))
 
 
-def commit(paths: Sequence[str], message: str, attempts: int = 5) -> None:
-  """Commits exactly `paths` (other staged or modified files stay as they are); retries while another
-  git process holds the index lock."""
-  repo = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=os.path.dirname(os.path.abspath(paths[0])),
-                        capture_output=True, text=True, check=True).stdout.strip()
-  for attempt in range(attempts):
-    add = subprocess.run(["git", "-C", repo, "add", "--", *map(os.path.abspath, paths)],
-                         capture_output=True, text=True)
-    result = subprocess.run(["git", "-C", repo, "commit", "-q", "-m", message, "--",
-                             *map(os.path.abspath, paths)], capture_output=True, text=True)
-    if add.returncode == 0 and result.returncode == 0:
-      return
-    if "index.lock" not in (add.stderr + result.stderr) or attempt == attempts - 1:
-      program_runs.log(f"commit failed: {add.stderr.strip()} {result.stderr.strip()}")
-      return
-    time.sleep(5)
-
-
-def update_readme(readme: str, results: str) -> list[str]:
-  """Writes the results' tables into `readme` (experiments.tables --readme) unless it has uncommitted
-  changes, which a commit of it would take along; returns [readme] where it changed."""
-  directory = os.path.dirname(os.path.abspath(readme))
-  if subprocess.run(["git", "-C", directory, "diff", "--quiet", "--", os.path.abspath(readme)]).returncode != 0:
-    program_runs.log(f"{readme} has uncommitted changes: its tables are not updated "
-        f"(python -m experiments.tables --readme {readme} {results})")
-    return []
-  try:
-    return [readme] if tables.write_readme(readme, results) else []
-  except ValueError as error:  # the run's own artefacts are committed all the same
-    program_runs.log(f"README tables not updated: {error}")
-    return []
-
-
-def update_figures(results: str) -> list[str]:
-  """Draws the figures across rows again from the committed records (experiments.row_figures); returns
-  their paths, or [] (logged) where the records cannot make one yet."""
-  paths = []
-  for figure in row_figures.FIGURES:
-    try:
-      paths.append(figure(results))
-    except (FileNotFoundError, ValueError) as error:
-      program_runs.log(f"figures across rows: {figure.__name__} not drawn: {error}")
-  return paths
-
-
-def _lock_path(root: str) -> str:
-  return os.path.join(root, LOCK)
-
-
-def read_lock(root: str) -> dict | None:
-  """The running driver's lock ({pid, run, child_pgid, started}) if its process is alive."""
-  try:
-    with open(_lock_path(root)) as f:
-      lock = json.load(f)
-    os.kill(lock["pid"], 0)
-  except (OSError, ValueError, KeyError):
-    return None
-  return lock
-
-
-def write_lock(root: str, **fields) -> None:
-  tmp = _lock_path(root) + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"pid": os.getpid(), **fields}, f)
-  os.replace(tmp, _lock_path(root))
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-  """A process the driver runs and watches: a row at a seed, or the sampler study."""
-  name: str
-  command: list[str]
-  log_path: str  # its output is appended here
-  # Other logs its children write to (the study's evals, a row trained again): output there is progress.
-  watch: tuple[str, ...] = ()
-
-
-def row_job(run: program_runs.Run, overrides: Sequence[str]) -> Job:
-  return Job(run.name, run.command(overrides), os.path.join(run.workdir, "run.log"))
-
-
-def study_job(run: program_runs.Run, root: str, results: str) -> Job:
+def study_job(run: program_runs.Run, root: str, results: str) -> program_jobs.Job:
   """The sampler study on `run` (experiments.sampler_study run: resumable, and it trains the run again
   first where its checkpoints are not on this machine)."""
   command = [sys.executable, "-m", "experiments.sampler_study", "run", f"--row={run.row.name}",
              f"--seed={run.seed}", f"--root={root}", f"--results={results}"]
   study_log = os.path.join(sampler_study.study_dir(run, root), "run.log")
-  return Job(f"sampler study {run.name}", command, os.path.join(root, "sampler_study", "driver.log"),
+  return program_jobs.Job(f"sampler study {run.name}", command, os.path.join(root, "sampler_study", "driver.log"),
              watch=(study_log, os.path.join(run.workdir, "run.log")))
-
-
-def run_one(job: Job, root: str, stall_seconds: float = STALL_SECONDS, poll_seconds: float = 30.0) -> int:
-  """Runs `job`'s command (its output appended to its log); returns its exit status, or STALLED after
-  killing a job none of whose logs has grown for `stall_seconds` while not paused (a hung process: the
-  retry resumes it from its newest intact checkpoint or chunk)."""
-  os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
-  watched = (job.log_path, *job.watch)
-  with open(job.log_path, "a") as out:
-    out.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')}: {' '.join(job.command)}\n")
-    out.flush()
-    child = subprocess.Popen(job.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    write_lock(root, run=job.name, child_pgid=child.pid, started=time.time())
-    last_size, last_change = -1, time.time()
-    while True:
-      try:
-        return child.wait(timeout=poll_seconds)
-      except subprocess.TimeoutExpired:
-        pass
-      size = sum(os.path.getsize(path) for path in watched if os.path.exists(path))
-      if size != last_size or os.path.exists(os.path.join(root, PAUSED)):
-        last_size, last_change = size, time.time()
-      elif time.time() - last_change > stall_seconds:
-        program_runs.log(f"{job.name}: no output for {stall_seconds:.0f} s: stalled; "
-                         f"killing process group {child.pid}")
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-        return STALLED
-
-
-def attempt(job: Job, root: str, stop: threading.Event) -> tuple[int, float]:
-  """Runs `job` until it succeeds, a SIGTERM stops it, it has crashed twice or stalled more than
-  MAX_STALLS times; returns its last exit status and its seconds over every attempt, hangs included."""
-  crashes = stalls = 0
-  start = time.time()
-  while True:
-    program_runs.log(f"{job.name}: start (attempt {crashes + stalls + 1}): {' '.join(job.command)}")
-    status = run_one(job, root)
-    seconds = time.time() - start
-    if status == 0 or stop.is_set():
-      return status, seconds
-    program_runs.log(f"{job.name}: exit status {status}, {seconds:.0f} s after its first attempt began; "
-                     f"log {job.log_path}")
-    if status == STALLED:
-      stalls += 1
-    else:
-      crashes += 1
-    if crashes > 1 or stalls > MAX_STALLS:
-      return status, seconds
 
 
 def mark_failed(run: program_runs.Run, **why) -> None:
@@ -254,20 +78,20 @@ def finish_run(run: program_runs.Run, seconds: float, results: str, do_commit: b
   if os.path.exists(os.path.join(run.workdir, "failed.json")):
     os.remove(os.path.join(run.workdir, "failed.json"))
   record = program_runs.eval_record(run.workdir)
-  written = copy_artefacts(run) + update_figures(results)
+  written = program_artefacts.copy_artefacts(run) + program_artefacts.update_figures(results)
   if readme:
-    written += update_readme(readme, results)
+    written += program_artefacts.update_readme(readme, results)
   result = program_runs.summary(record) if record else "no eval record"
   program_runs.log(f"{run.name}: done in {seconds / 3600:.2f} h: {result}")
   if do_commit and written:
-    commit(written, f"Results {run.name} ({run.row.label}): {result}")
+    program_artefacts.commit(written, f"Results {run.name} ({run.row.label}): {result}")
   # Last: a run whose artefacts were not copied and committed is not done (Run.done).
   with open(os.path.join(run.workdir, "done.json"), "w") as f:
     json.dump({"finished": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds}, f)
 
 
-def far_latents_job(run: program_runs.Run, results: str) -> Job:
-  return Job(f"far latents {run.name}",
+def far_latents_job(run: program_runs.Run, results: str) -> program_jobs.Job:
+  return program_jobs.Job(f"far latents {run.name}",
              [sys.executable, "-m", "experiments.far_latents", run.row.name, f"--seed={run.seed}",
               f"--root={run.root}", f"--results={results}"],
              os.path.join(run.workdir, "far_latents.log"))
@@ -291,7 +115,7 @@ def run_far_latents(run: program_runs.Run, results: str, do_commit: bool, stop: 
   (the command can be run by hand while the workdir is here); one a SIGTERM stopped is tried again."""
   job, out = far_latents_job(run, results), far_latents_out(run, results)
   program_runs.log(f"{job.name}: start: {' '.join(job.command)}")
-  status = run_one(job, run.root)
+  status = program_jobs.run_one(job, run.root)
   if status != 0 or not os.path.exists(out + ".json"):
     if not stop.is_set():
       with open(os.path.join(run.workdir, FAR_LATENTS_FAILED), "w") as f:
@@ -300,14 +124,14 @@ def run_far_latents(run: program_runs.Run, results: str, do_commit: bool, stop: 
     return
   with open(out + ".json") as f:
     record = json.load(f)
-  written = sorted(glob.glob(out + ".*")) + (update_readme(readme, results) if readme else [])
+  written = sorted(glob.glob(out + ".*")) + (program_artefacts.update_readme(readme, results) if readme else [])
   steps = record["by_steps"]
   result = (f"{len(record['far_rows'])} of {record['num_compared']} latents beyond the real max at "
             f"{record['eval_record']['sampler']} x {steps[0]['steps']}, {steps[-1]['far']['beyond_real_max']} "
             f"still at x {steps[-1]['steps']}")
   program_runs.log(f"{job.name}: {result}")
   if do_commit:
-    commit(written, f"Far latents {run.name}: {result}")
+    program_artefacts.commit(written, f"Far latents {run.name}: {result}")
 
 
 def pending_study(root: str, results: str) -> program_runs.Run | None:
@@ -327,7 +151,7 @@ def run_sampler_study(run: program_runs.Run, root: str, results: str, do_commit:
   """The program's last step: the sampler study on `run`; its records, study.json and study.png
   (<results>/sampler_study/<row>_s<seed>/) are committed, with `readme`'s tables, which print it."""
   job = study_job(run, root, results)
-  status, seconds = attempt(job, root, stop)
+  status, seconds = program_jobs.attempt(job, root, stop)
   if status != 0:
     why = "stopped by SIGTERM" if stop.is_set() else "failed"
     program_runs.log(f"{job.name}: {why} (exit status {status}); the next `run` resumes it")
@@ -336,9 +160,9 @@ def run_sampler_study(run: program_runs.Run, root: str, results: str, do_commit:
   program_runs.log(f"{job.name}: done in {seconds / 3600:.2f} h: {out_dir}")
   written = sorted(os.path.join(out_dir, name) for name in os.listdir(out_dir))
   if readme:
-    written += update_readme(readme, results)
+    written += program_artefacts.update_readme(readme, results)
   if do_commit and written:
-    commit(written, f"Sampler study {run.name} ({run.row.label}): {len(sampler_study.SAMPLERS)} samplers "
+    program_artefacts.commit(written, f"Sampler study {run.name} ({run.row.label}): {len(sampler_study.SAMPLERS)} samplers "
                     f"at N = {sampler_study.NUM_SAMPLES}")
 
 
@@ -349,10 +173,10 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
   `readme`, writes the tables of `results` into it as each run finishes (committed with the run). The
   whole program (no `seeds`, `rows` or `overrides`) ends with the sampler study once every run is done."""
   os.makedirs(root, exist_ok=True)
-  other = read_lock(root)
+  other = program_jobs.read_lock(root)
   if other is not None:
     raise SystemExit(f"another program driver is running on {root} (pid {other['pid']}).")
-  write_lock(root, run=None, child_pgid=None, started=time.time())
+  program_jobs.write_lock(root, run=None, child_pgid=None, started=time.time())
   attempted: set[str] = set()
   stop = threading.Event()
 
@@ -362,7 +186,7 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
     stop.set()
     for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: a paused row handles the SIGTERM now
       try:
-        signal_running(root, sig)
+        program_jobs.signal_running(root, sig)
       except ProcessLookupError:  # the row has just ended
         pass
 
@@ -386,7 +210,7 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
       if program_runs.vae_trained_again(run, program_runs.runs_for((run.seed,), root, results=results)):
         program_runs.log(f"{run.name}: its VAE ({run.vae_workdir}) was trained on an earlier machine and is "
                          "gone; trained again")
-      status, seconds = attempt(row_job(run, overrides), root, stop)
+      status, seconds = program_jobs.attempt(row_job(run, overrides), root, stop)
       if stop.is_set() and status != 0:
         program_runs.log(f"{run.name}: stopped by SIGTERM (exit status {status}); the next `run` resumes it")
         break
@@ -400,26 +224,13 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
       run_sampler_study(study, root, results, do_commit, stop, readme)
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
-    os.remove(_lock_path(root))
-
-
-def signal_running(root: str, sig: int) -> str:
-  lock = read_lock(root)
-  if lock is None or not lock.get("child_pgid"):
-    return "no program row is running."
-  paused = os.path.join(root, PAUSED)
-  if sig == signal.SIGSTOP:
-    open(paused, "w").close()
-  os.killpg(lock["child_pgid"], sig)
-  if sig == signal.SIGCONT and os.path.exists(paused):
-    os.remove(paused)
-  return f"{signal.Signals(sig).name} sent to {lock['run']} (process group {lock['child_pgid']})."
+    program_jobs.remove_lock(root)
 
 
 def status(root: str, results: str) -> str:
   from configs import fmnist_base  # pylint: disable=g-import-not-at-top
   costs = {**program_costs.pilot_costs(results), **program_costs.measured_costs(root, results)}
-  lock = read_lock(root)
+  lock = program_jobs.read_lock(root)
   running = lock.get("run") if lock else None
   lines, left, unknown, counted = [], 0.0, False, set()
   whole, whole_counted = 0.0, set()
@@ -516,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   elif args.action == "status":
     print(status(args.root, args.results))
   else:
-    print(signal_running(args.root, signal.SIGSTOP if args.action == "pause" else signal.SIGCONT))
+    print(program_jobs.signal_running(args.root, signal.SIGSTOP if args.action == "pause" else signal.SIGCONT))
 
 
 if __name__ == "__main__":

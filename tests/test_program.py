@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from experiments import fmnist_rows, program, program_costs, program_runs, sampler_study, tables
+from experiments import (fmnist_rows, program, program_artefacts, program_costs, program_jobs, program_runs,
+                         sampler_study, tables)
 from test_tables import write_diagnose_record
 
 # A stand-in for `experiments.run`: writes an eval record with FID = 10 + seed and a training log, or
@@ -115,7 +116,7 @@ def test_program_runs_each_row_once_copies_its_artefacts_and_resumes(fake_rows):
     assert "rows 0..100 of 100" in log and "50/100 images" not in log
   program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
   assert calls(root) == ["c/s0", "lsi/s0"]  # nothing run again
-  assert not os.path.exists(os.path.join(root, program.LOCK))
+  assert not os.path.exists(os.path.join(root, program_jobs.LOCK))
 
 
 def test_each_finished_run_gets_its_far_latents_studied_while_its_checkpoints_are_here(fake_rows, capsys):
@@ -161,17 +162,17 @@ def test_a_failing_row_is_retried_once_then_left_for_the_next_run(fake_rows):
 
 def test_a_hung_row_is_retried_up_to_max_stalls_times(monkeypatch, fake_rows):
   root, results = str(fake_rows / "runs"), str(fake_rows / "results")
-  real_run_one, attempts = program.run_one, {}
+  real_run_one, attempts = program_jobs.run_one, {}
 
   def run_one(job, root):  # hangs `stalls` times, then runs for real
     os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
     attempts[job.name] = attempts.get(job.name, 0) + 1
-    stalls = {"c/s0": program.MAX_STALLS, "lsi/s0": program.MAX_STALLS + 1}.get(job.name, 0)
-    return program.STALLED if attempts[job.name] <= stalls else real_run_one(job, root)
+    stalls = {"c/s0": program_jobs.MAX_STALLS, "lsi/s0": program_jobs.MAX_STALLS + 1}.get(job.name, 0)
+    return program_jobs.STALLED if attempts[job.name] <= stalls else real_run_one(job, root)
 
-  monkeypatch.setattr(program, "run_one", run_one)
+  monkeypatch.setattr(program_jobs, "run_one", run_one)
   program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
-  assert attempts == {"c/s0": program.MAX_STALLS + 1, "lsi/s0": program.MAX_STALLS + 1,
+  assert attempts == {"c/s0": program_jobs.MAX_STALLS + 1, "lsi/s0": program_jobs.MAX_STALLS + 1,
                       "far latents c/s0": 1}  # tried once, after c/s0 was done
   assert calls(root) == ["c/s0"]
   assert os.path.exists(os.path.join(root, "c", "s0", "done.json"))
@@ -199,7 +200,7 @@ def test_sigterm_stops_the_driver_after_its_row_with_nothing_marked_failed(fake_
   assert signal.getsignal(signal.SIGTERM) is handler_before
   assert calls(root) == [] and not os.path.exists(os.path.join(root, "lsi"))
   assert not os.path.exists(os.path.join(root, "c", "s0", "failed.json"))
-  assert not os.path.exists(os.path.join(root, program.LOCK))
+  assert not os.path.exists(os.path.join(root, program_jobs.LOCK))
   os.remove(os.path.join(root, "c", "s0", "slow"))
   program.run_program(root, results, (), do_commit=False, seeds=(0,), rows=("c", "lsi"))
   assert calls(root) == ["c/s0", "lsi/s0"]
@@ -302,7 +303,7 @@ def test_a_shared_vae_s_logs_are_copied_to_its_committed_home_and_costed_from_th
       with open(os.path.join(directory, stage, name), "w") as f:
         f.write(text)
   open(os.path.join(run.workdir, "run.log"), "w").close()
-  written = program.copy_artefacts(run)
+  written = program_artefacts.copy_artefacts(run)
   vae_home = os.path.join(results, fmnist_rows.TWO_STAGE_VAE, "s1")
   homes = (("lsi/s1", "ldm"), (os.path.relpath(vae_home, results), "vae"))
   assert sorted(os.path.relpath(path, results) for path in written if "run.log" not in path) == sorted(
@@ -411,17 +412,17 @@ def test_a_run_whose_commit_failed_is_not_done_and_is_finished_by_the_next_drive
   repo = fake_rows / "repo"
   git, readme = repo_with_readme(repo)
   root, results = str(fake_rows / "runs"), str(repo / "results")
-  real_commit = program.commit
+  real_commit = program_artefacts.commit
 
   def failing_commit(paths, message, attempts=5):
     raise subprocess.CalledProcessError(128, "git commit")
 
-  monkeypatch.setattr(program, "commit", failing_commit)
+  monkeypatch.setattr(program_artefacts, "commit", failing_commit)
   with pytest.raises(subprocess.CalledProcessError):
     program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("c",), readme=str(readme))
   run = program_runs.Run(fmnist_rows.BY_NAME["c"], 0, root, results)
   assert run.committed_record() is not None and not run.finished_here() and not run.done()
-  monkeypatch.setattr(program, "commit", real_commit)
+  monkeypatch.setattr(program_artefacts, "commit", real_commit)
   program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("c",), readme=str(readme))
   assert calls(root) == ["c/s0", "c/s0"] and run.done()
   assert any(path.startswith("results/c/s0/") for path in git("show", "--name-only", "--format=", "HEAD").stdout.split())
@@ -449,7 +450,7 @@ def test_commit_takes_only_the_given_paths(tmp_path):
   (repo / "other.txt").write_text("staged, not committed\n")
   git("add", "other.txt")
   (repo / "record.json").write_text("{}\n")
-  program.commit([str(repo / "record.json")], "Results c/s0")
+  program_artefacts.commit([str(repo / "record.json")], "Results c/s0")
   assert git("log", "--format=%s").stdout.strip() == "Results c/s0"
   assert git("show", "--name-only", "--format=", "HEAD").stdout.split() == ["record.json"]
   assert "A  other.txt" in git("status", "--porcelain").stdout
@@ -461,14 +462,14 @@ def test_a_run_whose_log_stops_growing_is_killed_as_stalled_unless_paused(monkey
   root = str(tmp_path / "runs")
   os.makedirs(root)
   run = program_runs.runs_for((0,), root)[0]
-  status = program.run_one(program.row_job(run, ()), root, stall_seconds=2.0, poll_seconds=0.5)
-  assert status == program.STALLED
+  status = program_jobs.run_one(program.row_job(run, ()), root, stall_seconds=2.0, poll_seconds=0.5)
+  assert status == program_jobs.STALLED
   assert "started" in open(os.path.join(run.workdir, "run.log")).read()
   # Paused (program pause): the silence is expected; the run finishes on its own, here within the window.
   quick = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(3)"]
   monkeypatch.setattr(program_runs.Run, "command", lambda self, overrides=(): quick)
-  open(os.path.join(root, program.PAUSED), "w").close()
-  assert program.run_one(program.row_job(run, ()), root, stall_seconds=1.0, poll_seconds=0.5) == 0
+  open(os.path.join(root, program_jobs.PAUSED), "w").close()
+  assert program_jobs.run_one(program.row_job(run, ()), root, stall_seconds=1.0, poll_seconds=0.5) == 0
 
 
 def test_output_in_any_watched_log_is_progress(tmp_path):
@@ -478,10 +479,10 @@ def test_output_in_any_watched_log_is_progress(tmp_path):
   os.makedirs(root)
   writes_elsewhere = [sys.executable, "-c", "import time\nfor _ in range(8):\n  open(%r, 'a').write('x')\n"
                       "  time.sleep(0.5)" % other]
-  job = program.Job("study", writes_elsewhere, str(tmp_path / "driver.log"), watch=(other,))
-  assert program.run_one(job, root, stall_seconds=2.0, poll_seconds=0.5) == 0
-  silent = program.Job("study", writes_elsewhere, str(tmp_path / "driver2.log"))
-  assert program.run_one(silent, root, stall_seconds=2.0, poll_seconds=0.5) == program.STALLED
+  job = program_jobs.Job("study", writes_elsewhere, str(tmp_path / "driver.log"), watch=(other,))
+  assert program_jobs.run_one(job, root, stall_seconds=2.0, poll_seconds=0.5) == 0
+  silent = program_jobs.Job("study", writes_elsewhere, str(tmp_path / "driver2.log"))
+  assert program_jobs.run_one(silent, root, stall_seconds=2.0, poll_seconds=0.5) == program_jobs.STALLED
 
 
 # A stand-in for `experiments.sampler_study run`: a study.json of every sampler in the run's results
@@ -511,7 +512,7 @@ def test_the_whole_program_ends_with_the_sampler_study_on_its_best_row_once(fake
   def fake_study_job(run, root, results):
     out_dir = sampler_study.study_dir(run, results)
     command = [sys.executable, str(script), out_dir, root, run.name, json.dumps(sampler_study.SAMPLERS)]
-    return program.Job(f"sampler study {run.name}", command, os.path.join(root, "sampler_study", "driver.log"))
+    return program_jobs.Job(f"sampler study {run.name}", command, os.path.join(root, "sampler_study", "driver.log"))
 
   monkeypatch.setattr(program, "study_job", fake_study_job)
   assert "left     sampler study" in program.status(root, results)
