@@ -23,7 +23,8 @@ PROGRESS_LINE = re.compile(r"\] Inception: [^:]*: \d+/\d+ images$")
 def copy_artefacts(run: program_runs.Run) -> list[str]:
   """Copies the run's small artefacts (eval records and figures, the diagnose stage's record and figures
   in diagnose/, training logs and stage configs, run.log without Inception's progress lines) to its
-  results_dir (the shared VAE's to its committed_vae_dir); returns the paths written."""
+  results_dir (the shared VAE's to its committed_vae_dir, where they are not there yet); returns the paths
+  written."""
   if run.results_dir is None:
     raise ValueError(f"{run.name}: a run without a results directory has nowhere to copy its artefacts.")
   written = []
@@ -51,7 +52,11 @@ def copy_artefacts(run: program_runs.Run) -> list[str]:
   for home in run.homes():
     for name in (writers.METRICS_FILE, common.STAGE_SETTINGS):
       for stage, path in program_runs.stage_files(home.workdir, name).items():
-        copy(path, os.path.join(home.committed, stage))
+        # A shared VAE's committed files stay those of its first training: the runs committed on it cite
+        # them, and one trained again on a new machine is the same VAE (program_runs.vae_differs checks),
+        # whose training the row's own run.log keeps.
+        if not (home.shared and os.path.exists(os.path.join(home.committed, stage, name))):
+          copy(path, os.path.join(home.committed, stage))
   return written
 
 

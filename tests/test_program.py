@@ -311,6 +311,12 @@ def test_a_shared_vae_s_logs_are_copied_to_its_committed_home_and_costed_from_th
   assert [home.label for home in run.homes()] == ["", f"{fmnist_rows.TWO_STAGE_VAE}/"]
   with open(os.path.join(vae_home, "vae", "metrics.jsonl"), "w") as f:  # a stale committed copy
     f.write(json.dumps({"step": 5, "steps_per_sec": 1.0}) + "\n")
+  # Copied again (the VAE trained again on a new machine): the committed VAE log of its first training
+  # stays; the row's own files are copied.
+  written = program_artefacts.copy_artefacts(run)
+  assert not any(path.startswith(vae_home) for path in written)
+  assert '"step": 5' in open(os.path.join(vae_home, "vae", "metrics.jsonl")).read()
+  assert os.path.join(results, "lsi", "s1", "ldm", "metrics.jsonl") in written
   assert program_costs._training_logs(run) == [("ldm", os.path.join(run.workdir, "ldm", "metrics.jsonl")),
                                               ("vae", os.path.join(run.vae_workdir, "vae", "metrics.jsonl"))]
 
