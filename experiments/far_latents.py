@@ -39,6 +39,11 @@ QUANTILES = (0.5, 0.9, 1.0)
 FID_DRAWS = 5  # random removals of as many rows as are far: FID's spread under such a removal
 
 
+def out_path(results: str, row: str, seed: int) -> str:
+  """<results>/far_latents/<row>_s<seed>: the record (.json) and figure (.png) of one run, without suffix."""
+  return os.path.join(results, "far_latents", f"{row}_s{seed}")
+
+
 def run_config(run: program_runs.Run):
   """The config the program ran `run` with: the row's, at its seed, on its VAE's workdir."""
   config = run.row.get_config()
@@ -197,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   run = program_runs.Run(fmnist_rows.BY_NAME[args.row], args.seed, args.root, args.results)
   if not run.finished_here():
     raise SystemExit(f"{run.name} did not finish on this machine: its checkpoints and samples are not here.")
-  out = os.path.join(args.results, "far_latents", f"{args.row}_s{args.seed}")
+  out = out_path(args.results, args.row, args.seed)
   if args.fid_only:
     with open(out + ".json") as f:
       record = json.load(f)

@@ -37,8 +37,8 @@ import threading
 import time
 from typing import Sequence
 
-from experiments import (fmnist_records, fmnist_rows, program_artefacts, program_costs, program_jobs, program_runs,
-                         sampler_study, tables)
+from experiments import (far_latents, fmnist_records, fmnist_rows, program_artefacts, program_costs, program_jobs,
+                         program_runs, sampler_study, tables)
 
 DEFAULT_ROOT = program_runs.DEFAULT_ROOT
 DEFAULT_RESULTS = fmnist_records.FMNIST_RESULTS
@@ -56,12 +56,13 @@ def study_job(run: program_runs.Run, root: str, results: str) -> program_jobs.Jo
              f"--seed={run.seed}", f"--root={root}", f"--results={results}"]
   study_log = os.path.join(sampler_study.study_dir(run, root), "run.log")
   return program_jobs.Job(f"sampler study {run.name}", command, os.path.join(root, "sampler_study", "driver.log"),
-             watch=(study_log, os.path.join(run.workdir, "run.log")))
+                          watch=(study_log, os.path.join(run.workdir, "run.log")))
 
 
-def mark_failed(run: program_runs.Run, **why) -> None:
-  """<workdir>/failed.json: `status` shows the run as failed; the next `run` tries it again."""
-  with open(os.path.join(run.workdir, "failed.json"), "w") as f:
+def mark_failed(run: program_runs.Run, marker: str = "failed.json", **why) -> None:
+  """<workdir>/<marker>: failed.json, `status` shows the run as failed and the next `run` tries it again;
+  FAR_LATENTS_FAILED, its far latents are not studied again."""
+  with open(os.path.join(run.workdir, marker), "w") as f:
     json.dump({"failed": datetime.datetime.now().isoformat(timespec="seconds"), **why}, f)
 
 
@@ -92,18 +93,15 @@ def finish_run(run: program_runs.Run, seconds: float, results: str, do_commit: b
 
 def far_latents_job(run: program_runs.Run, results: str) -> program_jobs.Job:
   return program_jobs.Job(f"far latents {run.name}",
-             [sys.executable, "-m", "experiments.far_latents", run.row.name, f"--seed={run.seed}",
-              f"--root={run.root}", f"--results={results}"],
-             os.path.join(run.workdir, "far_latents.log"))
-
-
-def far_latents_out(run: program_runs.Run, results: str) -> str:
-  return os.path.join(results, "far_latents", f"{run.row.name}_s{run.seed}")
+                          [sys.executable, "-m", "experiments.far_latents", run.row.name, f"--seed={run.seed}",
+                           f"--root={run.root}", f"--results={results}"],
+                          os.path.join(run.workdir, "far_latents.log"))
 
 
 def far_latents_pending(run: program_runs.Run, results: str) -> bool:
   """Whether `run` finished here and experiments.far_latents has neither studied it nor failed on it."""
-  return (run.finished_here() and not os.path.exists(far_latents_out(run, results) + ".json")
+  record = far_latents.out_path(results, run.row.name, run.seed) + ".json"
+  return (run.finished_here() and not os.path.exists(record)
           and not os.path.exists(os.path.join(run.workdir, FAR_LATENTS_FAILED)))
 
 
@@ -113,13 +111,12 @@ def run_far_latents(run: program_runs.Run, results: str, do_commit: bool, stop: 
   machine (a later session may start without them); its record and figure are committed with the
   README's tables. Tried once: a run with no far latents, or one where it fails, is logged and marked
   (the command can be run by hand while the workdir is here); one a SIGTERM stopped is tried again."""
-  job, out = far_latents_job(run, results), far_latents_out(run, results)
+  job, out = far_latents_job(run, results), far_latents.out_path(results, run.row.name, run.seed)
   program_runs.log(f"{job.name}: start: {' '.join(job.command)}")
   status = program_jobs.run_one(job, run.root)
   if status != 0 or not os.path.exists(out + ".json"):
     if not stop.is_set():
-      with open(os.path.join(run.workdir, FAR_LATENTS_FAILED), "w") as f:
-        json.dump({"failed": datetime.datetime.now().isoformat(timespec="seconds"), "status": status}, f)
+      mark_failed(run, marker=FAR_LATENTS_FAILED, status=status)
     program_runs.log(f"{job.name}: exit status {status}, no record; see {job.log_path}")
     return
   with open(out + ".json") as f:
@@ -162,8 +159,8 @@ def run_sampler_study(run: program_runs.Run, root: str, results: str, do_commit:
   if readme:
     written += program_artefacts.update_readme(readme, results)
   if do_commit and written:
-    program_artefacts.commit(written, f"Sampler study {run.name} ({run.row.label}): {len(sampler_study.SAMPLERS)} samplers "
-                    f"at N = {sampler_study.NUM_SAMPLES}")
+    program_artefacts.commit(written, f"Sampler study {run.name} ({run.row.label}): "
+                             f"{len(sampler_study.SAMPLERS)} samplers at N = {sampler_study.NUM_SAMPLES}")
 
 
 def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bool,
