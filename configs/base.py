@@ -132,3 +132,12 @@ def get_config() -> ml_collections.ConfigDict:
       "field_components": 2000, "num_points": 16, "num_draws": 256,
   })
   return config
+
+
+def two_stage(target: str) -> ml_collections.ConfigDict:
+  """001's VAE and UNet, trained in two stages on `target` (tweedie or lsi: neither reads the latent
+  statistics, which only 001's prior CSEM needs)."""
+  config = get_config()
+  config.stages = ("vae", "ldm", "sample")
+  config.ldm.target = target
+  return config

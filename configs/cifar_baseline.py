@@ -7,7 +7,4 @@ from configs import base
 
 
 def get_config():
-  config = base.get_config()
-  config.stages = ("vae", "ldm", "sample")
-  config.ldm.target = "tweedie"
-  return config
+  return base.two_stage("tweedie")
