@@ -154,7 +154,9 @@ def vae_differs(run: Run, runs: Sequence[Run]) -> list[str]:
   if mine is None:
     return []
   differs = []
-  for other in (other for other in runs if shares_vae(run, other)):
+  for other in runs:
+    if not shares_vae(run, other):
+      continue
     theirs = ((other.committed_record() or {}).get("networks") or {}).get("vae_sha256")
     if theirs is not None and theirs != mine:
       differs.append(f"{other.name} ({theirs[:12]})")
