@@ -171,7 +171,8 @@ def time_train_step(label: str, loss_fn, params, batch, training_config, reps: i
   ms = (float(np.median(step_times)), min(step_times), max(step_times))
   concurrent = 2 * 2048**3 / (float(np.median(matmul_times)) * 1e6)
   images = jax.tree.leaves(batch)[0].shape[1] / (ms[0] / 1e3)
-  share = f", {100 * flops / (ms[0] * 1e6) / concurrent:.0f}% of the {concurrent:.0f} GFLOP/s matmul peak timed alongside"
+  share = (f", {100 * flops / (ms[0] * 1e6) / concurrent:.0f}% of the {concurrent:.0f} GFLOP/s matmul peak"
+           " timed alongside")
   report(label, ms, flops, peak, f"  {images:7.1f} img/s  (compile {compile_s:.1f} s{share})")
   if ops:
     op_profile(lambda: [run() for _ in range(2)], op_kinds(compiled.as_text()))

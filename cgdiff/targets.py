@@ -194,7 +194,8 @@ def _field_terms(z_t, means, logvars, log_weights, alpha, sigma):
 
 def gaussian_field_component_log_posterior(z_t: Array, means: Array, logvars: Array,
                                            log_weights: Array, alpha, sigma) -> Array:
-  """log w_i(z_t): log p(component i | z_t), [B, K], w_i proportional to pi_i N(z_t; alpha mu_i, alpha^2 v_i + sigma^2)."""
+  """log w_i(z_t): log p(component i | z_t), [B, K],
+  w_i proportional to pi_i N(z_t; alpha mu_i, alpha^2 v_i + sigma^2)."""
   log_lik, _, _ = _field_terms(z_t, means, logvars, log_weights, alpha, sigma)
   return jax.nn.log_softmax(log_weights + log_lik, axis=-1)
 

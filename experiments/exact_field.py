@@ -3,7 +3,8 @@
 On 004's 2-D fractal tree (cgdiff.data.toy2d) it measures (1) the conditional variance of the Tweedie,
 CSEM and LSI targets given z_t across the whole time range, with the oracle gate, and (2) how well each
 sampler, driven by the exact score, reproduces the field (SW2 against exact samples, with the
-spread of SW2 between independent exact sets as the floor), at the configured step counts. Writes exact_field.json and PNGs.
+spread of SW2 between independent exact sets as the floor), at the configured step counts. Writes
+exact_field.json and PNGs.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from experiments import common, fmnist_rows, latent_space
 from experiments import stages as stages_lib
 from experiments import validation
 
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
+_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(_CONFIG_DIR, "*.py"))
                  if not p.endswith("__init__.py"))
 
 

@@ -56,7 +56,8 @@ def test_oracle_gate_blend_has_no_excess_and_residuals_see_the_network():
   # float32 round-off: the blend and LSI agree to ~1e-6 relative per element, so the squared excess is
   # ~1e-12 of the targets' scale; 1e-8 of Tweedie's excess leaves a wide margin and still fails any
   # real difference.
-  np.testing.assert_array_less(np.asarray(profile["excess_blend"]), 1e-8 * np.asarray(profile["excess_tweedie"]) + 1e-12)
+  np.testing.assert_array_less(np.asarray(profile["excess_blend"]),
+                               1e-8 * np.asarray(profile["excess_tweedie"]) + 1e-12)
   # Against a zero network the residual of Tweedie is E[eps^2] = 1 (standard error sqrt(2 / (B D))).
   np.testing.assert_allclose(np.asarray(profile["residual_tweedie"]), 1.0, atol=Z * np.sqrt(2.0 / (B * D)))
   assert set(profile) == {"gate", "excess_tweedie", "excess_csem", "excess_blend", "residual_tweedie",

@@ -431,7 +431,8 @@ def test_a_run_whose_commit_failed_is_not_done_and_is_finished_by_the_next_drive
   monkeypatch.setattr(program_artefacts, "commit", real_commit)
   program.run_program(root, results, (), do_commit=True, seeds=(0,), rows=("c",), readme=str(readme))
   assert calls(root) == ["c/s0", "c/s0"] and run.done()
-  assert any(path.startswith("results/c/s0/") for path in git("show", "--name-only", "--format=", "HEAD").stdout.split())
+  committed = git("show", "--name-only", "--format=", "HEAD").stdout.split()
+  assert any(path.startswith("results/c/s0/") for path in committed)
   # A run finished on an earlier machine (its workdir gone, its record committed) is done.
   shutil.rmtree(os.path.join(root, "c", "s0"))
   assert run.done()
