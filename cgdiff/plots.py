@@ -282,7 +282,7 @@ def plot_sampler_study(rows: list[Mapping], path: str, title: str = "") -> str:
   """FID and SW2^2 against NFE (log scale), one series per sampler. rows: dicts with sampler, nfe, fid
   (or None), sw2_squared and sw2_squared_floor_mean (drawn as the SW2 panel's floor), and optionally
   sw2_squared_trimmed (dashed, same colour). Returns the path."""
-  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+  fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
   samplers = list(dict.fromkeys(r["sampler"] for r in rows))
   for i, name in enumerate(samplers):
     mine = sorted((r for r in rows if r["sampler"] == name), key=lambda r: r["nfe"])
@@ -298,12 +298,16 @@ def plot_sampler_study(rows: list[Mapping], path: str, title: str = "") -> str:
   if rows[0].get("sw2_squared_trimmed_floor_mean") is not None:
     axes[1].axhline(rows[0]["sw2_squared_trimmed_floor_mean"], color="k", linestyle="--",
                     label="real vs real, trimmed (dashed: trimmed)")
+  # Ticks at the NFEs measured, in plain numbers; one legend, outside the panels (the points fill them).
+  nfes = sorted({r["nfe"] for r in rows})
   for ax, label in ((axes[0], "FID"), (axes[1], "SW2^2 of the latents")):
     ax.set_xscale("log")
+    ax.set_xticks(nfes, [str(n) for n in nfes])
+    ax.minorticks_off()
     ax.set_xlabel("NFE")
     ax.set_ylabel(label)
-    ax.legend(fontsize=7)
   axes[1].set_yscale("log")
+  axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
