@@ -123,6 +123,9 @@ def main(paths: list[str]) -> None:
   if paths[:1] == ["--readme"]:
     if len(paths) not in (2, 3):
       sys.exit("usage: python -m experiments.tables --readme README.md [RESULTS_DIR]")
+    if len(paths) == 3 and not os.path.isdir(paths[2]):
+      # Otherwise an absent directory reads as no records, and empty tables replace the README's.
+      sys.exit(f"{paths[2]}: no such results directory.")
     try:
       changed = write_readme(paths[1], *paths[2:])
     except ValueError as error:

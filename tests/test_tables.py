@@ -203,6 +203,10 @@ def test_readme_tables_are_written_between_the_markers_only(tmp_path, capsys):
       str(tmp_path / "results"))
   tables.main(["--readme", str(readme), str(tmp_path / "results")])
   assert "already as printed" in capsys.readouterr().out.splitlines()[-1]
+  # A mistyped results directory is refused, the README's tables left as they are.
+  with pytest.raises(SystemExit, match="no such results directory"):
+    tables.main(["--readme", str(readme), "--check"])
+  assert readme.read_text() == text
   readme.write_text("# no markers\n")
   with pytest.raises(SystemExit, match="must hold the line"):
     tables.main(["--readme", str(readme), str(tmp_path / "results")])
