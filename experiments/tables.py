@@ -111,6 +111,9 @@ def check_readme(path: str) -> str:
 def write_readme(path: str, results: str = fmnist_records.FMNIST_RESULTS) -> bool:
   """Writes `results`' tables into the README at `path`; returns whether it changed. ValueError where the
   README or the records cannot make them (the message names which)."""
+  if not os.path.isdir(results):
+    # Otherwise an absent directory reads as no records, and empty tables replace the README's.
+    raise ValueError(f"{results}: no such results directory.")
   text = check_readme(path)
   new = readme_with_tables(text, fmnist_tables.readme_tables(results))
   if new != text:
@@ -123,9 +126,6 @@ def main(paths: list[str]) -> None:
   if paths[:1] == ["--readme"]:
     if len(paths) not in (2, 3):
       sys.exit("usage: python -m experiments.tables --readme README.md [RESULTS_DIR]")
-    if len(paths) == 3 and not os.path.isdir(paths[2]):
-      # Otherwise an absent directory reads as no records, and empty tables replace the README's.
-      sys.exit(f"{paths[2]}: no such results directory.")
     try:
       changed = write_readme(paths[1], *paths[2:])
     except ValueError as error:
