@@ -3,8 +3,10 @@ every sampler from the same fixed noise banks at N = 5,000 (these FIDs are compa
 other: FID is biased upwards at small N).
 
     python -m experiments.sampler_study run [--row best] [--seed S]   # resumable; best: lowest mean FID
-    python -m experiments.sampler_study table [--row ROW] [--seed S]  # markdown table of the records
-                                                                     # (also in experiments.tables)
+    python -m experiments.sampler_study table [--row ROW] [--seed S]  # markdown table of the committed
+                                                                     # records (default: every seed of the
+                                                                     # row that has a study; also in
+                                                                     # experiments.tables)
 
 Each sampler is the row's own `eval` stage with --config.sample.method / num_steps and
 --config.eval.num_samples=5000, run in a study workdir <root>/sampler_study/<row>_s<seed> whose trained
@@ -169,16 +171,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+def committed_studies(row: str, results: str) -> list[str]:
+  """The study directories of `row` under <results>/sampler_study/ that hold a study.json, by seed."""
+  pattern = os.path.join(results, "sampler_study", f"{row}_s*", "study.json")
+  return sorted(os.path.dirname(path) for path in glob.glob(pattern))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(argv)
   row = best_row(args.root, args.results) if args.row == "best" else args.row
   if row not in fmnist_rows.BY_NAME:
     raise SystemExit(f"unknown row {row!r}; the rows are {sorted(fmnist_rows.BY_NAME)}.")
-  seed = default_seed(row, args.root, args.results) if args.seed is None else args.seed
-  out_dir = study_dir(study_run(row, seed, args.root, args.results), args.results)
   if args.action == "run":
-    out_dir = run_study(row, seed, args.root, args.results)
-  print(fmnist_tables.sampler_study_table(out_dir))
+    seed = default_seed(row, args.root, args.results) if args.seed is None else args.seed
+    print(fmnist_tables.sampler_study_table(run_study(row, seed, args.root, args.results)))
+    return
+  # `table` reads the committed records only: the seed studied is whichever has them, not the seed that a
+  # run would pick from the checkpoints on this machine.
+  out_dirs = (committed_studies(row, args.results) if args.seed is None
+              else [study_dir(study_run(row, args.seed, args.root, args.results), args.results)])
+  out_dirs = [d for d in out_dirs if os.path.isfile(os.path.join(d, "study.json"))]
+  if not out_dirs:
+    seed = "" if args.seed is None else f" at seed {args.seed}"
+    raise SystemExit(f"no sampler study of {row}{seed} under {args.results}/sampler_study/ (no study.json); "
+                     f"`python -m experiments.sampler_study run --row {row}` makes one.")
+  print("\n\n".join(f"{os.path.basename(d)}:\n\n{fmnist_tables.sampler_study_table(d)}" for d in out_dirs))
 
 
 if __name__ == "__main__":
