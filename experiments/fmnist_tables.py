@@ -305,12 +305,13 @@ def sampler_study_table(study_dir: str) -> str:
   return "\n".join(lines)
 
 
-def sampler_study_tables(results: str = fmnist_records.FMNIST_RESULTS) -> str:
-  """Each study under <results>/sampler_study/ with a line naming its run ('' without one)."""
+def sampler_study_tables(results: str = fmnist_records.FMNIST_RESULTS, studies: str = "*") -> str:
+  """Each study under <results>/sampler_study/ whose <row>_s<seed> name matches the glob `studies`, with a
+  line naming its run ('' without one)."""
   parts = []
-  for path in sorted(glob.glob(os.path.join(results, "sampler_study", "*", "study.json"))):
-    name = os.path.basename(os.path.dirname(path))
-    parts.append(f"The sampler study on {name.replace('_s', '/s')} (`python -m experiments.sampler_study`; "
+  for path in sorted(glob.glob(os.path.join(results, "sampler_study", studies, "study.json"))):
+    row, _, seed = os.path.basename(os.path.dirname(path)).rpartition("_s")  # row names hold "_s" too
+    parts.append(f"The sampler study on {row}/s{seed} (`python -m experiments.sampler_study`; "
                  "every sampler from the same banks, its FIDs compared only with each other):\n\n"
                  + sampler_study_table(os.path.dirname(path)))
   return "\n\n".join(parts)

@@ -171,12 +171,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def committed_studies(row: str, results: str) -> list[str]:
-  """The study directories of `row` under <results>/sampler_study/ that hold a study.json, by seed."""
-  pattern = os.path.join(results, "sampler_study", f"{row}_s*", "study.json")
-  return sorted(os.path.dirname(path) for path in glob.glob(pattern))
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(argv)
   row = best_row(args.root, args.results) if args.row == "best" else args.row
@@ -188,14 +182,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   # `table` reads the committed records only: the seed studied is whichever has them, not the seed that a
   # run would pick from the checkpoints on this machine.
-  out_dirs = (committed_studies(row, args.results) if args.seed is None
-              else [study_dir(study_run(row, args.seed, args.root, args.results), args.results)])
-  out_dirs = [d for d in out_dirs if os.path.isfile(os.path.join(d, "study.json"))]
-  if not out_dirs:
+  studies = (f"{row}_s*" if args.seed is None
+             else os.path.basename(study_dir(study_run(row, args.seed, args.root, args.results), args.results)))
+  tables = fmnist_tables.sampler_study_tables(args.results, studies)
+  if not tables:
     seed = "" if args.seed is None else f" at seed {args.seed}"
     raise SystemExit(f"no sampler study of {row}{seed} under {args.results}/sampler_study/ (no study.json); "
                      f"`python -m experiments.sampler_study run --row {row}` makes one.")
-  print("\n\n".join(f"{os.path.basename(d)}:\n\n{fmnist_tables.sampler_study_table(d)}" for d in out_dirs))
+  print(tables)
 
 
 if __name__ == "__main__":

@@ -111,19 +111,20 @@ def test_a_row_finished_on_an_earlier_machine_is_trained_again_before_the_study(
 
 def test_the_table_reads_the_committed_study_whatever_seed_it_ran_at(tmp_path, capsys):
   """`table` needs no checkpoints: without --seed it prints every committed study of the row (here seed
-  2's, where `run` on this machine would pick seed 0), and it names a study that is not there."""
+  2's, where `run` on this machine would pick seed 0; a row name holding "_s" as its run's name says), and
+  it names a study that is not there."""
   results = tmp_path / "results"
-  out_dir = results / "sampler_study" / "lsi_s2"
+  out_dir = results / "sampler_study" / "cg_scalar_s2"
   os.makedirs(out_dir)
   json.dump({"num_samples": 5000, "samplers": [
       {"sampler": "rk4", "steps": 10, "nfe": 40, "fid": 36.0, "sw2_squared": 1e-3, "sw2_squared_floor_mean": 3e-4,
        "sw2_squared_trimmed": 5e-4, "sw2_squared_trimmed_floor_mean": 2e-4, "sw2_tail": 0.01,
        "beyond_real_max": 3, "sampling_seconds": 60.0}]}, open(out_dir / "study.json", "w"))
-  args = ["table", "--row", "lsi", "--root", str(tmp_path / "runs"), "--results", str(results)]
+  args = ["table", "--row", "cg_scalar", "--root", str(tmp_path / "runs"), "--results", str(results)]
   sampler_study.main(args)
   printed = capsys.readouterr().out
-  assert printed.startswith("lsi_s2:") and "| rk4 | 10 | 40 | 36.00 |" in printed
-  with pytest.raises(SystemExit, match="no sampler study of lsi at seed 0"):
+  assert printed.startswith("The sampler study on cg_scalar/s2 ") and "| rk4 | 10 | 40 | 36.00 |" in printed
+  with pytest.raises(SystemExit, match="no sampler study of cg_scalar at seed 0"):
     sampler_study.main([*args, "--seed", "0"])
   with pytest.raises(SystemExit, match="no sampler study of c under"):
     sampler_study.main(["table", "--row", "c", "--results", str(results)])
