@@ -132,8 +132,8 @@ def eval_record(workdir: str) -> dict | None:
 
 def vae_trained_again(run: Run, runs: Sequence[Run]) -> bool:
   """Whether `run` shares its VAE with a run that finished on an earlier machine while that VAE's
-  workdir is gone here, so that the row's command trains it again (same seed and code; CPU XLA is
-  deterministic, the README's Reliability section)."""
+  workdir is gone here, so that the row's command trains it again (same seed and code: the same VAE on
+  one machine, not on every machine, which vae_differs checks; README Reliability)."""
   if run.vae_workdir is None or any(os.path.isdir(os.path.join(run.vae_workdir, stage, "checkpoints"))
                                     for stage in common.TRAINING_STAGES):
     return False
