@@ -61,17 +61,15 @@ def compare_logs(committed: list[dict[str, Any]], replica: list[dict[str, Any]])
   if not pairs:
     return out
   keys = [key for key in pairs[0][0] if key not in TIMING_KEYS and key != "step" and key in pairs[0][1]]
+  largest = out["largest_relative_difference"]
   for first, second in pairs:
     differing = [key for key in keys if first[key] != second[key]]
     if differing and out["first_difference"] is None:
       out["first_difference"] = {"step": first["step"], "keys": differing}
-    for key in keys:
-      gap = relative_difference(first[key], second[key])
-      out["largest_relative_difference"][key] = max(out["largest_relative_difference"].get(key, 0.0), gap)
+    gaps = {key: relative_difference(first[key], second[key]) for key in keys}
+    largest.update({key: max(largest.get(key, 0.0), gap) for key, gap in gaps.items()})
   out["identical"] = out["first_difference"] is None
-  last_committed, last_replica = pairs[-1]
-  out["last_relative_difference"] = {key: relative_difference(last_committed[key], last_replica[key])
-                                     for key in keys}
+  out["last_relative_difference"] = gaps  # the last pair's
   return out
 
 
