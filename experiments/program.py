@@ -34,7 +34,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Sequence
 
 from experiments import (far_latents, fmnist_records, fmnist_rows, program_artefacts, program_costs, program_jobs,
@@ -169,26 +168,8 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
   """Runs every planned run that is not done, in order (only `seeds` / `rows` where given); with
   `readme`, writes the tables of `results` into it as each run finishes (committed with the run). The
   whole program (no `seeds`, `rows` or `overrides`) ends with the sampler study once every run is done."""
-  os.makedirs(root, exist_ok=True)
-  other = program_jobs.read_lock(root)
-  if other is not None:
-    raise SystemExit(f"another program driver is running on {root} (pid {other['pid']}).")
-  program_jobs.write_lock(root, run=None, child_pgid=None, started=time.time())
   attempted: set[str] = set()
-  stop = threading.Event()
-
-  def request_stop(signum, frame):
-    del signum, frame
-    program_runs.log("SIGTERM: stopping; the running row, if any, is asked to save its step")
-    stop.set()
-    for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: a paused row handles the SIGTERM now
-      try:
-        program_jobs.signal_running(root, sig)
-      except ProcessLookupError:  # the row has just ended
-        pass
-
-  previous_handler = signal.signal(signal.SIGTERM, request_stop)
-  try:
+  with program_jobs.driving(root) as stop:
     while not stop.is_set():
       runs = (program_runs.runs_for(seeds, root, results=results) if seeds is not None
               else program_runs.planned_runs(root, results))
@@ -219,9 +200,6 @@ def run_program(root: str, results: str, overrides: Sequence[str], do_commit: bo
     study = pending_study(root, results) if whole_program and not stop.is_set() else None
     if study is not None:
       run_sampler_study(study, root, results, do_commit, stop, readme)
-  finally:
-    signal.signal(signal.SIGTERM, previous_handler)
-    program_jobs.remove_lock(root)
 
 
 def status(root: str, results: str) -> str:

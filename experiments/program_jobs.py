@@ -1,12 +1,14 @@
 """The results driver's processes: the lock that names the running driver and its job, a job's command
-run and watched for stalls, its retries, and the signals that `program pause` and `resume` send.
+run and watched for stalls, its retries, the SIGTERM passed on to it, and the signals that `program pause`
+and `resume` send.
 
 Nothing here knows what a job is for: experiments.program makes the jobs (a row at a seed, far latents,
-the sampler study) and decides what comes next.
+the sampler study) and decides what comes next; experiments.replicate runs one row again with them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import threading
 import time
+from typing import Iterator
 
 from experiments import program_runs
 
@@ -113,6 +116,37 @@ def attempt(job: Job, root: str, stop: threading.Event) -> tuple[int, float]:
       crashes += 1
     if crashes > 1 or stalls > MAX_STALLS:
       return status, seconds
+
+
+@contextlib.contextmanager
+def driving(root: str) -> Iterator[threading.Event]:
+  """Holds `root`'s lock while the block runs its jobs (`attempt(job, root, stop)`), and turns a SIGTERM
+  into `stop` being set and the signal passed on to the running job, which saves the training step it is
+  in and exits (a job runs in a session of its own, so only this can reach it). Restores the previous
+  SIGTERM handler and removes the lock after. Refuses a `root` another live driver holds."""
+  os.makedirs(root, exist_ok=True)
+  other = read_lock(root)
+  if other is not None:
+    raise SystemExit(f"another program driver is running on {root} (pid {other['pid']}).")
+  write_lock(root, run=None, child_pgid=None, started=time.time())
+  stop = threading.Event()
+
+  def request_stop(signum, frame):
+    del signum, frame
+    program_runs.log("SIGTERM: stopping; the running job, if any, is asked to save its step")
+    stop.set()
+    for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: a paused job handles the SIGTERM now
+      try:
+        signal_running(root, sig)
+      except ProcessLookupError:  # the job has just ended
+        pass
+
+  previous_handler = signal.signal(signal.SIGTERM, request_stop)
+  try:
+    yield stop
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+    remove_lock(root)
 
 
 def signal_running(root: str, sig: int) -> str:

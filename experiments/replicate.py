@@ -6,7 +6,10 @@ committed record: the networks' hashes, every eval metric, and the training logs
 
 Both write the comparison to <results>/replicas/<row>_s<seed>.json and print it. The replica runs the row's
 own command (the program's, with the shared VAE in <root>/<vae_home>/s<seed>), so it trains every stage the
-committed run's networks came from, the shared VAE included.
+committed run's networks came from, the shared VAE included. It runs as the program's jobs do
+(experiments.program_jobs): watched for stalls and tried again, paused and resumed by
+`python -m experiments.program pause|resume --root <root>`, and a SIGTERM saves its step (the same command
+resumes it).
 
 Training is bit-for-bit deterministic on one machine (README Reliability; tests/test_faults.py), and the
 committed records name the machine they were made on (`machine.platform`); whether another machine of the
@@ -18,12 +21,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import subprocess
 from typing import Any, Sequence
 
 from cgdiff import records
 from cgdiff.train import writers
-from experiments import fmnist_records, fmnist_rows, program_runs
+from experiments import fmnist_records, fmnist_rows, program, program_jobs, program_runs
 
 DEFAULT_ROOT = "runs/replica"
 # Logged quantities that time the machine, not the training: left out of the comparison.
@@ -158,12 +160,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   if run.committed_record() is None:
     raise SystemExit(f"{run.name}: no committed eval record under {run.results_dir}: nothing to replicate.")
   if args.action == "run":
-    os.makedirs(run.workdir, exist_ok=True)
-    with open(os.path.join(run.workdir, "run.log"), "a") as log:
-      process = subprocess.run(run.command(), stdout=log, stderr=subprocess.STDOUT, check=False)
-    if process.returncode:
-      raise SystemExit(f"{run.name}: the replica's command exited with {process.returncode} "
-                       f"(its log: {os.path.join(run.workdir, 'run.log')}); the same command resumes it.")
+    with program_jobs.driving(args.root) as stop:
+      status, _ = program_jobs.attempt(program.row_job(run, ()), args.root, stop)
+    if status:
+      why = "stopped by SIGTERM" if stop.is_set() else f"failed (exit status {status})"
+      raise SystemExit(f"{run.name}: the replica {why} (its log: {os.path.join(run.workdir, 'run.log')}); "
+                       "the same command resumes it.")
   comparison = compare(run)
   path = records.write_json(out_path(args.results, run), comparison)
   print(summary(comparison))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
 from conftest import ldm_log, write_jsonl
-from experiments import fmnist_rows, program_runs, replicate
+from experiments import fmnist_rows, program_jobs, program_runs, replicate
 
 
 def test_equal_logs_are_bit_for_bit_and_the_machine_s_timing_does_not_count():
@@ -102,3 +103,46 @@ def test_the_cli_writes_the_comparison_beside_the_results(tmp_path, capsys):
     written = json.load(f)
   assert written["eval"]["identical_networks"] and written["eval"]["metrics"]["fid"]["difference"] == 0.0
   assert "vae yes, score yes" in capsys.readouterr().out
+
+
+# A stand-in for the row's `experiments.run`: its eval record with FID 36.5 + <workdir>/fid_offset, or
+# exit status 3 while <workdir>/fail exists.
+FAKE_ROW = r"""
+import json, os, sys
+workdir = sys.argv[1]
+if os.path.exists(os.path.join(workdir, "fail")):
+  sys.exit(3)
+offset = os.path.join(workdir, "fid_offset")
+fid = 36.5 + (float(open(offset).read()) if os.path.exists(offset) else 0.0)
+record = {"stage": "eval", "git_commit": "def", "machine": {"platform": "this-machine"},
+          "networks": {"vae_sha256": "v", "score_sha256": "s", "gate_sha256": None},
+          "metrics": {"fid": fid, "recon_fid": 28.3}}
+os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+json.dump(record, open(os.path.join(workdir, "eval", "ldm_rk4_10_n10000.json"), "w"))
+print("evaluated")
+"""
+
+
+def test_run_trains_the_replica_as_a_program_job_then_compares_and_a_failure_names_its_log(tmp_path, monkeypatch,
+                                                                                           capsys):
+  results, root = tmp_path / "results", tmp_path / "replica"
+  write_committed_and_replica(results, root, vae_hash="v", fid=36.5, evaluated=False)
+  script = tmp_path / "fake_row.py"
+  script.write_text(FAKE_ROW)
+  monkeypatch.setattr(program_runs.Run, "command",
+                      lambda self, overrides=(): [sys.executable, str(script), self.workdir])
+  (root / "c" / "s0" / "fid_offset").write_text("0.25")
+  replicate.main(["run", "c", "--seed", "0", f"--root={root}", f"--results={results}"])
+  with open(results / "replicas" / "c_s0.json") as f:
+    written = json.load(f)
+  assert written["eval"]["metrics"]["fid"]["difference"] == pytest.approx(0.25)
+  assert "evaluated" in (root / "c" / "s0" / "run.log").read_text()  # the job's output goes to its log
+  assert not (root / program_jobs.LOCK).exists()  # released, as the program's driver releases it
+  assert "| fid | 36.5 | 36.75 | 0.25 |" in capsys.readouterr().out
+
+  (root / "c" / "s0" / "fail").write_text("")
+  with pytest.raises(SystemExit, match=r"c/s0: the replica failed \(exit status 3\) \(its log: .*run.log\)"):
+    replicate.main(["run", "c", "--seed", "0", f"--root={root}", f"--results={results}"])
+  # Tried twice, as a program row is (a crash once more), then left for the same command to resume.
+  assert (root / "c" / "s0" / "run.log").read_text().count("=== ") == 3
+  assert not (root / program_jobs.LOCK).exists()
